@@ -1,0 +1,36 @@
+# Kiln's entry points. The local cluster's targets call the scripts in hack/ (see docs/local-cluster.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help venv crds test test-unit build cluster-up cluster-down cluster-purge
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+VENV := $(HOME)/.cache/kiln/venv
+PY := $(VENV)/bin/python
+
+venv: ## Create or refresh the project's virtualenv in ~/.cache/kiln/venv
+	@bash hack/venv.sh >/dev/null
+
+crds: venv ## Regenerate crds/ from the pydantic models in operator/kiln_operator/api
+	$(PY) -m kiln_operator.api.crdgen --out crds
+
+test-unit: venv ## Run the unit tests (no cluster)
+	$(PY) -m pytest tests/unit -q
+
+test: ## Run every test: installs what is missing, starts the local cluster (the README's test command)
+	bash hack/test.sh
+
+build: ## Build the pinned Kubernetes binaries and etcd into ~/.cache/kiln (once; minutes when cold)
+	bash hack/build-k8s.sh
+	bash hack/build-etcd.sh
+
+cluster-up: ## Start the local cluster (KILN_NODE=0: control plane only); prints export KUBECONFIG=...
+	bash hack/cluster-up.sh
+
+cluster-down: ## Stop the local cluster, leaving nothing running (state kept for a fast warm start)
+	bash hack/cluster-down.sh
+
+cluster-purge: ## Stop the local cluster and delete its state (PKI, etcd data)
+	KILN_PURGE=1 bash hack/cluster-down.sh

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtualenv in the cache outside the repo and prints its path.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
+venv=$KILN_CACHE/venv
+stamp=$venv/.kiln-stamp
+want=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
+if [ ! -x "$venv/bin/python" ]; then
+  py=$(command -v python3.11 || command -v python3)
+  "$py" -m venv "$venv" >&2
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[venv] installing the project and its dependencies into $venv" >&2
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -q -e "$root[dev]" >&2
+  echo "$want" > "$stamp"
+fi
+echo "$venv"

@@ -1,0 +1,1 @@
+"""Kiln operator: reconciles kiln.dev objects into Kubernetes workloads."""

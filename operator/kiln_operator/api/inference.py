@@ -1,0 +1,180 @@
+"""InferenceService: serving a model, with autoscaling, canary, rollback and drift monitoring."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, Resources, StatusBase, cel, validations
+
+ServedStage = Literal["Staging", "Production"]
+
+_ONE_SOURCE = cel("has(self.versionRef) != has(self.stage)",
+                  "set exactly one of versionRef and stage", ".versionRef")
+
+
+class ModelSelector(ApiModel):
+    """Which ModelVersion to serve: a fixed one, or whichever holds a stage."""
+
+    model_config = {"json_schema_extra": validations(
+        _ONE_SOURCE,
+        cel("!has(self.stage) || has(self.modelName)", "stage needs modelName", ".modelName"),
+    )}
+
+    version_ref: LocalObjectReference | None = None
+    """A fixed ModelVersion."""
+    model_name: str | None = Field(default=None, pattern=DNS_LABEL)
+    """Model whose version in `stage` is served; promotions roll out with no change here."""
+    stage: ServedStage | None = None
+    """Stage to follow: Staging or Production."""
+
+
+class Canary(ApiModel):
+    """A second version receiving a share of the traffic."""
+
+    model_config = {"json_schema_extra": validations(_ONE_SOURCE)}
+
+    version_ref: LocalObjectReference | None = None
+    """The canary ModelVersion."""
+    stage: ServedStage | None = None
+    """Or the version holding this stage of the same model."""
+    traffic_percent: int = Field(default=10, ge=0, le=100)
+    """Share of requests the canary receives, 0 to 100."""
+
+
+class Autoscaling(ApiModel):
+    """Replica bounds and targets of the HorizontalPodAutoscaler."""
+
+    model_config = {"json_schema_extra": validations(
+        cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas", ".minReplicas"))}
+
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    """Fewest replicas."""
+    max_replicas: int = Field(default=3, ge=1, le=100)
+    """Most replicas."""
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+    """Average CPU utilisation (percent of requests) the autoscaler aims at."""
+    target_requests_per_second: int | None = Field(default=None, ge=1)
+    """Requests per second per replica (needs a custom metrics adapter)."""
+
+
+class Batching(ApiModel):
+    """Adaptive micro-batching in the model server."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    """Most rows merged into one model call."""
+    max_latency_ms: int = Field(default=2, ge=0, le=1000)
+    """Longest a request waits for others to join its batch; a lone request never waits."""
+
+
+class Drift(ApiModel):
+    """Drift detection on the served inputs and predictions."""
+
+    model_config = {"json_schema_extra": validations(
+        cel("self.action != 'retrain' || has(self.pipelineRef)", "action retrain needs pipelineRef",
+            ".pipelineRef"))}
+
+    enabled: bool = True
+    """Run the monitoring sidecar."""
+    window_rows: int = Field(default=2000, ge=100, le=1_000_000)
+    """Rows in the sliding window compared with the baseline."""
+    psi_threshold: float = Field(default=0.2, gt=0)
+    """Population Stability Index at which a feature counts as drifted."""
+    action: Literal["alert", "retrain"] = "alert"
+    """alert sets DriftDetected and emits an Event; retrain also requests a pipeline run."""
+    pipeline_ref: LocalObjectReference | None = None
+    """TrainingPipeline to run on drift."""
+    cooldown_seconds: int = Field(default=3600, ge=60)
+    """Least time between two retraining requests."""
+
+
+class Monitoring(ApiModel):
+    """Monitoring of the served traffic."""
+
+    drift: Drift = defaulted(Drift)
+    """Drift detection."""
+
+
+class Rollout(ApiModel):
+    """Safety of new versions."""
+
+    progress_deadline_seconds: int = Field(default=300, ge=10)
+    """A new version not ready within this time is rolled back."""
+    auto_rollback: bool = True
+    """Roll back a version that misses its deadline or exceeds maxErrorRate."""
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    """Largest share of 5xx answers a new version may give."""
+
+
+class InferenceServiceSpec(ApiModel):
+    """Desired state of an InferenceService."""
+
+    model: ModelSelector
+    """The version to serve."""
+    canary: Canary | None = None
+    """An optional canary version."""
+    autoscaling: Autoscaling = defaulted(Autoscaling)
+    """Replicas and autoscaling."""
+    batching: Batching = defaulted(Batching)
+    """Micro-batching."""
+    monitoring: Monitoring = defaulted(Monitoring)
+    """Drift monitoring."""
+    rollout: Rollout = defaulted(Rollout)
+    """Rollout safety."""
+    resources: Resources | None = None
+    """Resources of the model server container."""
+    return_probabilities: bool = False
+    """Include class probabilities in answers by default."""
+
+
+class TrafficShare(ApiModel):
+    """Share of traffic a version receives."""
+
+    version: str
+    """ModelVersion name."""
+    percent: int
+    """Percent of requests."""
+
+
+class FeatureDrift(ApiModel):
+    """Drift of one feature."""
+
+    name: str
+    """Feature name."""
+    psi: float
+    """Population Stability Index."""
+
+
+class DriftStatus(ApiModel):
+    """Latest drift observation."""
+
+    score: float | None = None
+    """Largest PSI over the features."""
+    worst_features: list[FeatureDrift] = Field(default_factory=list)
+    """Features with the largest drift."""
+    observed_at: str | None = None
+    """When it was read (RFC 3339)."""
+    last_retrain_request: str | None = None
+    """When a retraining run was last requested (RFC 3339)."""
+
+
+class InferenceServiceStatus(StatusBase):
+    """Observed state of an InferenceService."""
+
+    url: str | None = None
+    """In-cluster URL of the service."""
+    model_version: str | None = None
+    """The primary ModelVersion."""
+    canary_version: str | None = None
+    """The canary ModelVersion."""
+    traffic: list[TrafficShare] = Field(default_factory=list)
+    """Traffic split between the versions."""
+    replicas: int | None = None
+    """Replicas of all versions."""
+    ready_replicas: int | None = None
+    """Ready replicas of all versions."""
+    rolled_back_version: str | None = None
+    """A version that was rolled back, and stays out until the spec changes."""
+    drift: DriftStatus | None = None
+    """Latest drift observation."""

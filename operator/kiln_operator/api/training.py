@@ -1,0 +1,193 @@
+"""TrainingPipeline: how a Dataset becomes ModelVersions, once or continuously."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, Resources, StatusBase, cel, validations
+
+# The estimators Kiln trains: import paths are resolved by the runtime, never taken from the user.
+CLASSIFIERS = (
+    "LogisticRegression", "RandomForestClassifier", "ExtraTreesClassifier", "GradientBoostingClassifier",
+    "HistGradientBoostingClassifier", "DecisionTreeClassifier", "KNeighborsClassifier", "SVC",
+)
+REGRESSORS = (
+    "LinearRegression", "Ridge", "Lasso", "ElasticNet", "RandomForestRegressor", "ExtraTreesRegressor",
+    "GradientBoostingRegressor", "HistGradientBoostingRegressor", "DecisionTreeRegressor",
+    "KNeighborsRegressor", "SVR",
+)
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+# Metrics where smaller is better; the runtime and the gates agree on this list.
+LOWER_IS_BETTER = ("log_loss", "rmse", "mae")
+
+Metric = Literal["accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2"]
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+class Estimator(ApiModel):
+    """The scikit-learn estimator and its fixed parameters."""
+
+    class_: Literal[CLASSIFIERS + REGRESSORS] = Field(alias="class")  # type: ignore[valid-type]
+    """Estimator class, from Kiln's allow-list of scikit-learn classifiers and regressors."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Parameters passed to the estimator, e.g. `{max_depth: 8}`; the search space overrides them."""
+
+
+class Search(ApiModel):
+    """Hyper-parameter search: one trial per parameter combination."""
+
+    strategy: Literal["grid", "random"] = "random"
+    """grid tries every combination (up to `trials`); random samples `trials` combinations."""
+    space: dict[str, list[Any]] = Field(default_factory=dict)
+    """Candidate values per estimator parameter, e.g. `{n_estimators: [50, 100], max_depth: [4, 8]}`."""
+    trials: int = Field(default=1, ge=1, le=500)
+    """How many trials a run trains."""
+    parallelism: int = Field(default=1, ge=1, le=64)
+    """How many trials train at once."""
+    metric: Metric | None = None
+    """Metric that picks the best trial; accuracy for classifiers and rmse for regressors when unset."""
+    cv_folds: int = Field(default=0, ge=0, le=20)
+    """Cross-validation folds on the training split; 0 scores on the held-out test split only."""
+
+
+class Evaluation(ApiModel):
+    """How models are scored."""
+
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    """Fraction of rows held out for testing."""
+    seed: int = Field(default=42, ge=0)
+    """Random seed of the split and the search: same data, seed and params give the same metrics."""
+
+
+class MetricGate(ApiModel):
+    """A threshold a model's metric must meet."""
+
+    model_config = {"json_schema_extra": validations(cel("has(self.min) || has(self.max)", "a gate needs min or max"))}
+
+    metric: Metric
+    """The metric the gate checks."""
+    min: float | None = None
+    """Smallest acceptable value."""
+    max: float | None = None
+    """Largest acceptable value."""
+
+
+class Gates(ApiModel):
+    """Quality gates: a run that fails one creates no ModelVersion."""
+
+    metrics: list[MetricGate] = Field(default_factory=list, max_length=20)
+    """Thresholds on metrics of the held-out test split."""
+    beat_production_by: float | None = Field(default=None, ge=0)
+    """When set, the new model must beat the current Production version's metric by this margin."""
+
+
+class Triggers(ApiModel):
+    """What starts a run besides `schedule`."""
+
+    on_dataset_change: bool = False
+    """Run when the referenced Dataset gets a new version."""
+    on_drift: bool = True
+    """Allow InferenceServices with `monitoring.drift.action: retrain` to request runs."""
+
+
+class TrainingPipelineSpec(ApiModel):
+    """Desired state of a TrainingPipeline."""
+
+    model_config = {
+        "json_schema_extra": validations(
+            cel(f"!has(self.search.metric) || (self.estimator['class'] in {_in(CLASSIFIERS)} ? "
+                f"self.search.metric in {_in(CLASSIFICATION_METRICS)} : "
+                f"self.search.metric in {_in(REGRESSION_METRICS)})",
+                "search.metric must suit the estimator: classification metrics for classifiers, "
+                "rmse, mae or r2 for regressors", ".search.metric"),
+            cel("self.artifactFormat != 'joblib' || self.allowUnsafeArtifacts",
+                "artifactFormat joblib executes code on load: set allowUnsafeArtifacts to opt in",
+                ".artifactFormat"),
+            cel("self.search.parallelism <= self.search.trials",
+                "search.parallelism must not exceed search.trials", ".search.parallelism"),
+        )
+    }
+
+    dataset_ref: LocalObjectReference
+    """The Dataset to train on."""
+    model_name: str = Field(pattern=DNS_LABEL, max_length=40)
+    """Registry name of the model; ModelVersions are named `<modelName>-v<version>`."""
+    estimator: Estimator
+    """The scikit-learn estimator."""
+    search: Search = defaulted(Search)
+    """Hyper-parameter search."""
+    evaluation: Evaluation = defaulted(Evaluation)
+    """Held-out split and seed."""
+    gates: Gates = defaulted(Gates)
+    """Quality gates."""
+    schedule: str | None = Field(default=None, pattern=r"^(@(hourly|daily|weekly|monthly|yearly)|(\S+\s+){4}\S+)$")
+    """Cron schedule of runs, e.g. `0 3 * * *` (UTC)."""
+    triggers: Triggers = defaulted(Triggers)
+    """Runs on dataset change and on drift."""
+    promote_to: Literal["Staging", "Production"] | None = None
+    """Stage given to a new version that passes the gates."""
+    concurrency_policy: Literal["Forbid", "Replace"] = "Forbid"
+    """A run requested while one is active is skipped (Forbid) or replaces it (Replace)."""
+    run_history_limit: int = Field(default=5, ge=1, le=100)
+    """How many finished runs (and their Jobs) to keep."""
+    artifact_format: Literal["skops", "joblib"] = "skops"
+    """Format of the model file; skops loads without executing code."""
+    allow_unsafe_artifacts: bool = False
+    """Opt in to joblib artifacts, which execute code when loaded."""
+    backoff_limit: int = Field(default=1, ge=0, le=10)
+    """Retries of each trial (backoffLimitPerIndex): one bad trial does not sink the run."""
+    resources: Resources | None = None
+    """Resources of each trial's container."""
+    service_account_name: str | None = None
+    """ServiceAccount of the training pods."""
+
+
+RunPhase = Literal["Pending", "Running", "Selecting", "Succeeded", "Failed", "GateFailed", "Cancelled"]
+
+
+class Run(ApiModel):
+    """One run of a pipeline."""
+
+    id: str
+    """Run id, e.g. `r3`."""
+    phase: RunPhase
+    """Where the run is."""
+    trigger: str | None = None
+    """What started it: create, schedule, datasetChange, drift, manual."""
+    job: str | None = None
+    """The trials' Job."""
+    dataset_version: str | None = None
+    """The dataset version trained on."""
+    trials_succeeded: int = 0
+    """Trials that finished."""
+    trials_failed: int = 0
+    """Trials that failed after their retries."""
+    best_metrics: dict[str, float] | None = None
+    """Metrics of the best trial."""
+    model_version: str | None = None
+    """The ModelVersion the run produced."""
+    message: str | None = None
+    """Why the run failed or which gate stopped it, with the numbers."""
+    started_at: str | None = None
+    """When the run started (RFC 3339)."""
+    finished_at: str | None = None
+    """When the run finished (RFC 3339)."""
+
+
+class TrainingPipelineStatus(StatusBase):
+    """Observed state of a TrainingPipeline."""
+
+    runs: list[Run] = Field(default_factory=list)
+    """Recent runs, newest last."""
+    last_run: str | None = None
+    """Id of the latest run."""
+    next_run: str | None = None
+    """When the schedule starts the next run (RFC 3339)."""
+    last_dataset_version: str | None = None
+    """The dataset version the latest run trained on."""

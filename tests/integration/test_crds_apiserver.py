@@ -1,0 +1,139 @@
+"""The generated CRDs on the real apiserver: examples accepted, bad manifests rejected naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example(kind_file: str) -> dict:
+    return yaml.safe_load((EXAMPLES / kind_file).read_text())
+
+
+def mutate(kind_file: str, change) -> dict:
+    body = copy.deepcopy(example(kind_file))
+    body["metadata"]["name"] = "bad"
+    change(body)
+    return body
+
+
+def _set(path: str, value):
+    def change(body):
+        node = body
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+        if value is _DELETE:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+    return change
+
+
+_DELETE = object()
+
+# (case, manifest, words the apiserver's message must contain: the field and the problem)
+INVALID = [
+    ("dataset without source", mutate("01-dataset.yaml", _set("spec.source", _DELETE)), ["spec.source", "Required"]),
+    ("dataset uri scheme", mutate("01-dataset.yaml", _set("spec.source.uri", "ftp://x/y.csv")), ["spec.source.uri"]),
+    ("dataset column type", mutate("01-dataset.yaml", _set("spec.schema.columns.0.type", "float")),
+     ["spec.schema.columns[0].type", "Unsupported value"]),
+    ("dataset min above max", mutate("01-dataset.yaml", _set("spec.schema.columns.0.min", 50)),
+     ["spec.schema.columns[0].min", "min must not exceed max"]),
+    ("dataset target not a column", mutate("01-dataset.yaml", _set("spec.target", "label")),
+     ["spec.target", "target must name a column"]),
+    ("dataset minRows as string", mutate("01-dataset.yaml", _set("spec.checks.minRows", "many")),
+     ["spec.checks.minRows", "integer"]),
+    ("pipeline estimator outside the allow-list", mutate("02-trainingpipeline.yaml",
+     _set("spec.estimator.class", "os.system")), ["spec.estimator.class", "Unsupported value"]),
+    ("pipeline trials out of range", mutate("02-trainingpipeline.yaml", _set("spec.search.trials", 0)),
+     ["spec.search.trials", "greater than or equal to 1"]),
+    ("pipeline regression metric for a classifier", mutate("02-trainingpipeline.yaml",
+     _set("spec.search.metric", "rmse")), ["spec.search.metric", "must suit the estimator"]),
+    ("pipeline joblib without opt-in", mutate("02-trainingpipeline.yaml", _set("spec.artifactFormat", "joblib")),
+     ["spec.artifactFormat", "allowUnsafeArtifacts"]),
+    ("pipeline without datasetRef", mutate("02-trainingpipeline.yaml", _set("spec.datasetRef", _DELETE)),
+     ["spec.datasetRef", "Required"]),
+    ("pipeline bad model name", mutate("02-trainingpipeline.yaml", _set("spec.modelName", "Iris_Model")),
+     ["spec.modelName"]),
+    ("pipeline testFraction of 1", mutate("02-trainingpipeline.yaml", _set("spec.evaluation.testFraction", 1)),
+     ["spec.evaluation.testFraction"]),
+    ("model version unknown stage", mutate("03-modelversion.yaml", _set("spec.stage", "Prod")),
+     ["spec.stage", "Unsupported value"]),
+    ("model version bad digest", mutate("03-modelversion.yaml", _set("spec.artifact.sha256", "abc")),
+     ["spec.artifact.sha256"]),
+    ("model version version zero", mutate("03-modelversion.yaml", _set("spec.version", 0)), ["spec.version"]),
+    ("service canary over 100 percent", mutate("04-inferenceservice.yaml",
+     _set("spec.canary", {"stage": "Production", "trafficPercent": 120})),
+     ["spec.canary.trafficPercent", "less than or equal to 100"]),
+    ("service both versionRef and stage", mutate("04-inferenceservice.yaml",
+     _set("spec.model.versionRef", {"name": "iris-v1"})), ["spec.model.versionRef", "exactly one"]),
+    ("service min above max replicas", mutate("04-inferenceservice.yaml",
+     _set("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2})), ["spec.autoscaling.minReplicas"]),
+    ("service retrain without pipeline", mutate("04-inferenceservice.yaml",
+     _set("spec.monitoring.drift.pipelineRef", _DELETE)), ["spec.monitoring.drift.pipelineRef", "retrain"]),
+    ("service batch size as text", mutate("04-inferenceservice.yaml",
+     _set("spec.batching", {"maxBatchSize": "big"})), ["spec.batching.maxBatchSize"]),
+]
+
+
+def test_examples_are_accepted(kubectl, crds, namespace):
+    kubectl.run("apply", "--dry-run=server", "-n", namespace, "-f", str(EXAMPLES))
+
+
+@pytest.mark.parametrize("case,manifest,words", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_manifest_is_rejected_naming_the_field(kubectl, crds, case, manifest, words):
+    result = kubectl.apply(yaml.safe_dump(manifest), "--dry-run=server", "-n", "default", check=False)
+    assert result.returncode != 0, f"{case}: the apiserver accepted it"
+    for word in words:
+        assert word in result.stderr, f"{case}: {word!r} not in {result.stderr!r}"
+
+
+def test_model_version_spec_is_immutable_except_stage(kubectl, crds, namespace):
+    kubectl.apply((EXAMPLES / "03-modelversion.yaml").read_text(), "-n", namespace)
+    changed = example("03-modelversion.yaml")
+    changed["spec"]["artifact"]["sha256"] = "a" * 64
+    result = kubectl.apply(yaml.safe_dump(changed), "-n", namespace, check=False)
+    assert result.returncode != 0 and "spec.artifact" in result.stderr and "immutable" in result.stderr
+    changed = example("03-modelversion.yaml")
+    changed["spec"]["metrics"] = {"accuracy": 0.99}
+    result = kubectl.apply(yaml.safe_dump(changed), "-n", namespace, check=False)
+    assert result.returncode != 0 and "spec.metrics" in result.stderr
+    promoted = example("03-modelversion.yaml")
+    promoted["spec"]["stage"] = "Production"
+    kubectl.apply(yaml.safe_dump(promoted), "-n", namespace)
+    assert kubectl.json("get", "modelversion", "iris-v1", "-n", namespace)["spec"]["stage"] == "Production"
+
+
+def test_defaults_are_filled_in_by_the_apiserver(kubectl, crds, namespace):
+    kubectl.apply((EXAMPLES / "04-inferenceservice.yaml").read_text(), "-n", namespace)
+    spec = kubectl.json("get", "inferenceservice", "iris", "-n", namespace)["spec"]
+    assert spec["batching"] == {"maxBatchSize": 32, "maxLatencyMs": 2}
+    assert spec["rollout"]["autoRollback"] is True
+    assert spec["monitoring"]["drift"]["psiThreshold"] == 0.2
+
+
+def test_kubectl_explain_describes_the_fields(kubectl, crds):
+    out = kubectl.run("explain", "trainingpipeline.spec").stdout
+    for field in ("datasetRef", "estimator", "search", "gates", "promoteTo"):
+        assert field in out
+    assert "allow-list" in kubectl.run("explain", "trainingpipeline.spec.estimator.class").stdout
+
+
+def test_short_names_and_category(kubectl, crds, namespace):
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES))
+    out = kubectl.run("get", "kiln", "-n", namespace).stdout
+    for name in ("dataset.kiln.dev/iris", "trainingpipeline.kiln.dev/iris-forest",
+                 "modelversion.kiln.dev/iris-v1", "inferenceservice.kiln.dev/iris"):
+        assert name in out, out
+    for short in ("kds", "ktp", "kmv", "kisvc"):
+        kubectl.run("get", short, "-n", namespace)
+    header = kubectl.run("get", "kmv", "-n", namespace).stdout.splitlines()[0]
+    assert header.split()[:5] == ["NAME", "MODEL", "VERSION", "STAGE", "VERIFIED"]

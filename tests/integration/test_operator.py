@@ -1,0 +1,142 @@
+"""The operator as a user runs it (`python -m kiln_operator`) against the real apiserver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+KINDS = ("dataset", "trainingpipeline", "modelversion", "inferenceservice")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
+        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Operator":
+        out = self.log.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln_operator", "--kubeconfig", str(self.kubeconfig),
+             "--namespace", self.namespace, "--health", f"http://127.0.0.1:{self.port}/healthz"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture()
+def operator(kubeconfig, crds, namespace, tmp_path):
+    op = Operator(kubeconfig, namespace, tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+
+
+def _ready(kubectl, namespace, kind, name):
+    obj = kubectl.json("get", kind, name, "-n", namespace)
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+
+
+def test_examples_become_ready_with_events_and_health(kubectl, operator, namespace):
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES))
+    kubectl.run("wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s",
+                "dataset/iris", "trainingpipeline/iris-forest", "modelversion/iris-v1", "inferenceservice/iris",
+                timeout=120)
+    for kind in KINDS:
+        for obj in kubectl.json("get", kind, "-n", namespace)["items"]:
+            status = obj["status"]
+            assert status["observedGeneration"] == obj["metadata"]["generation"]
+            (ready,) = [c for c in status["conditions"] if c["type"] == "Ready"]
+            assert set(ready) == {"type", "status", "reason", "message", "lastTransitionTime",
+                                  "observedGeneration"}
+    events = kubectl.json("get", "events", "-n", namespace)["items"]
+    reasons = {(e["involvedObject"]["kind"], e["reason"]) for e in events}
+    for kind in ("Dataset", "TrainingPipeline", "ModelVersion", "InferenceService"):
+        assert (kind, "Accepted") in reasons, reasons
+    assert operator.healthy()
+    lines = [line for line in operator.log.read_text().splitlines() if line.startswith("{")]
+    assert lines and all("level" in json.loads(line) for line in lines)
+
+
+def test_a_spec_the_schema_cannot_catch_is_reported_not_crashed(kubectl, operator, namespace):
+    pipeline = yaml.safe_load((EXAMPLES / "02-trainingpipeline.yaml").read_text())
+    pipeline["spec"]["schedule"] = "61 * * * *"  # five fields, but minute 61 does not exist
+    kubectl.apply(yaml.safe_dump(pipeline), "-n", namespace)
+    ready = kubectl.wait_for(lambda: _ready(kubectl, namespace, "trainingpipeline", "iris-forest"), timeout=60,
+                             what="a Ready condition")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.schedule" in ready["message"]
+    warnings = [e for e in kubectl.json("get", "events", "-n", namespace)["items"] if e["type"] == "Warning"]
+    assert any("spec.schedule" in e["message"] for e in warnings)
+
+    pipeline["spec"]["schedule"] = "0 3 * * *"
+    kubectl.apply(yaml.safe_dump(pipeline), "-n", namespace)
+    ready = kubectl.wait_for(
+        lambda: (r := _ready(kubectl, namespace, "trainingpipeline", "iris-forest")) and r["status"] == "True" and r,
+        timeout=60, what="Ready=True after the fix")
+    obj = kubectl.json("get", "trainingpipeline", "iris-forest", "-n", namespace)
+    assert ready["observedGeneration"] == obj["metadata"]["generation"] == 2
+    assert obj["spec"]["schedule"] == "0 3 * * *"  # the operator never writes the user's spec
+
+
+def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconfig, crds, namespace, tmp_path):
+    docs = []
+    for i in range(8):
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            body = yaml.safe_load(path.read_text())
+            body["metadata"]["name"] = f"{body['metadata']['name']}-{i}"
+            docs.append(body)
+    kubectl.apply(yaml.safe_dump_all(docs), "-n", namespace)
+    first = Operator(kubeconfig, namespace, tmp_path / "op1.log").start()
+    time.sleep(2.5)  # long enough to be in the middle of the 32 objects
+    first.stop(signal.SIGKILL)
+    second = Operator(kubeconfig, namespace, tmp_path / "op2.log").start()
+    try:
+        kubectl.run("wait", "-n", namespace, "--for=condition=Ready", "--timeout=120s", "--all",
+                    "datasets,trainingpipelines,modelversions,inferenceservices",
+                    timeout=150)
+    finally:
+        second.stop()
+    for kind in KINDS:
+        items = kubectl.json("get", kind, "-n", namespace)["items"]
+        assert len(items) == 8
+        for obj in items:
+            types = [c["type"] for c in obj["status"]["conditions"]]
+            assert len(types) == len(set(types)), obj["metadata"]["name"]
+    # Nothing but what the user applied: the skeleton creates no children, and no duplicates.
+    owned = kubectl.json("get", "all", "-n", namespace)["items"]
+    assert [o for o in owned if o["kind"] != "Service"] == []

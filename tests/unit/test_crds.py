@@ -1,0 +1,68 @@
+"""The CRDs in crds/ are exactly what the pydantic models generate, and are structural."""
+
+from pathlib import Path
+
+import pytest
+
+from kiln_operator.api import KINDS
+from kiln_operator.api.crdgen import all_crds, render
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name,body", sorted(all_crds().items()))
+def test_crd_files_match_the_models(name, body):
+    path = ROOT / "crds" / name
+    assert path.exists(), f"crds/{name} is missing: run `make crds`"
+    assert path.read_text() == render(body), f"crds/{name} is stale: run `make crds`"
+
+
+def test_no_stray_crd_files():
+    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(all_crds())
+
+
+def _walk(node, path="$"):
+    yield path, node
+    for key in ("properties", "additionalProperties"):
+        children = node.get(key)
+        if isinstance(children, dict) and key == "properties":
+            for name, child in children.items():
+                yield from _walk(child, f"{path}.{name}")
+        elif isinstance(children, dict):
+            yield from _walk(children, f"{path}[*]")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_schema_is_structural(kind):
+    schema = all_crds()[f"kiln.dev_{kind.plural}.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
+        free = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        assert free or node.get("type"), f"{path} has no type"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_every_spec_field_is_documented(kind):
+    schema = all_crds()[f"kiln.dev_{kind.plural}.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    undocumented = [p for p, n in _walk(schema["properties"]["spec"], "spec") if not n.get("description")
+                    and not p.endswith("[]") and not p.endswith("[*]")]
+    assert undocumented == []
+
+
+def test_kinds_have_short_names_category_and_status_subresource():
+    for body in all_crds().values():
+        names = body["spec"]["names"]
+        version = body["spec"]["versions"][0]
+        assert names["shortNames"] and names["categories"] == ["kiln"]
+        assert version["subresources"] == {"status": {}}
+        assert any(c["name"] == "Age" for c in version["additionalPrinterColumns"])
+
+
+def test_defaults_live_in_the_schema():
+    spec = all_crds()["kiln.dev_trainingpipelines.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["spec"]["properties"]
+    assert spec["search"]["default"] == {}
+    assert spec["search"]["properties"]["trials"]["default"] == 1
+    assert spec["artifactFormat"]["default"] == "skops"
