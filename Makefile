@@ -13,8 +13,8 @@ PY := $(VENV)/bin/python
 venv: ## Create or refresh the project's virtualenv in ~/.cache/kiln/venv
 	@bash hack/venv.sh >/dev/null
 
-crds: venv ## Regenerate crds/ from the pydantic models in operator/kiln_operator/api
-	$(PY) -m kiln_operator.api.crdgen --out crds
+crds: venv ## Regenerate crds/ (and the chart's copy) from the pydantic models in operator/kiln_operator/api
+	$(PY) -m kiln_operator.api.crdgen --out crds --out charts/kiln/crds
 
 test-unit: venv ## Run the unit tests (no cluster)
 	$(PY) -m pytest tests/unit -q

@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Builds the pinned Kubernetes binaries (and etcd) into the cache outside the repo; reuses what is there.
+# Builds the pinned Kubernetes binaries from the k8s.io/kubernetes Go module (wrapper module hack/k8s)
+# into the cache outside the repo. A binary is not built when a usable one (same release line) is
+# already in the cache, in $KUBEBUILDER_ASSETS or on PATH.
+#   build-k8s.sh [COMMAND...]   (default: the control plane, kubectl, kubelet and kube-proxy)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
-K8S_VERSION=1.37.2
-ETCD_VERSION=3.6.16
-bin=$KILN_CACHE/k8s-v$K8S_VERSION/bin
-mkdir -p "$bin"
+. "$(dirname "$0")/lib.sh"
+mkdir -p "$K8S_BIN"
+# Stamp the real version: without it the binaries (and the node) report v0.0.0-master.
+minor=${K8S_VERSION#*.}; minor=${minor%%.*}
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${K8S_VERSION#1.} -X $pkg.gitTreeState=clean"
+  ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=${K8S_VERSION%%.*} -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
-ldflags="${ldflags/gitMinor=37.2/gitMinor=37}"
 cmds=${*:-kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy}
-cd "$here/k8s"
+cd "$KILN_ROOT/hack/k8s"
 for c in $cmds; do
-  if [ -x "$bin/$c" ]; then echo "[build] $c: cached"; continue; fi
-  echo "[build] $c: building (the first build takes minutes)..."
+  if found=$(find_bin "$c"); then log "$c: using $found"; continue; fi
+  command -v go >/dev/null || die "go is not installed: it is needed to build $c v$K8S_VERSION"
+  log "$c v$K8S_VERSION: building (a cold build of the control plane takes 6-15 minutes on 2 cores)..."
   start=$SECONDS
-  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$bin/$c.tmp" "k8s.io/kubernetes/cmd/$c"
-  mv "$bin/$c.tmp" "$bin/$c"
-  echo "[build] $c: done in $((SECONDS - start)) s"
+  # go build is silent for minutes: a heartbeat shows it is alive.
+  ( while sleep 30; do log "$c: still building ($((SECONDS - start)) s)"; done ) &
+  heartbeat=$!
+  trap 'kill $heartbeat 2>/dev/null' EXIT
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c"
+  kill "$heartbeat" 2>/dev/null || true
+  mv "$K8S_BIN/$c.tmp" "$K8S_BIN/$c"
+  log "$c: built in $((SECONDS - start)) s"
 done

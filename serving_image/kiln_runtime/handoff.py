@@ -86,6 +86,8 @@ def decode_frame(buf: bytes) -> Frame:
         rows, numeric = int(header["rows"]), list(header["numeric"])
         categorical = dict(header.get("categorical") or {})
         text_preds = header.get("predictions")
+        if text_preds is not None and not isinstance(text_preds, list):
+            raise TypeError("predictions must be a list or null")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad header: {exc}") from exc
     width = len(numeric)

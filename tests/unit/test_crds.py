@@ -17,8 +17,14 @@ def test_crd_files_match_the_models(name, body):
     assert path.read_text() == render(body), f"crds/{name} is stale: run `make crds`"
 
 
-def test_no_stray_crd_files():
-    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(all_crds())
+@pytest.mark.parametrize("directory", ["crds", "charts/kiln/crds"])
+def test_no_stray_or_missing_crd_files(directory):
+    assert sorted(p.name for p in (ROOT / directory).glob("*.yaml")) == sorted(all_crds())
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_the_chart_ships_the_same_crds(name):
+    assert (ROOT / "charts/kiln/crds" / name).read_text() == (ROOT / "crds" / name).read_text()
 
 
 def _walk(node, path="$"):
@@ -63,6 +69,6 @@ def test_kinds_have_short_names_category_and_status_subresource():
 def test_defaults_live_in_the_schema():
     spec = all_crds()["kiln.dev_trainingpipelines.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
         "properties"]["spec"]["properties"]
-    assert spec["search"]["default"] == {}
+    assert spec["search"]["default"]["trials"] == 1
     assert spec["search"]["properties"]["trials"]["default"] == 1
     assert spec["artifactFormat"]["default"] == "skops"

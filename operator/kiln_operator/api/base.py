@@ -24,10 +24,12 @@ def validations(*rules: dict[str, str]) -> dict[str, Any]:
 
 
 def defaulted(model: type[BaseModel]) -> Any:
-    """An optional sub-object that is always present: `default: {}` in the CRD, so the apiserver fills
-    in its fields' defaults and the stored object shows them (defaults live in the schema, not in the
-    operator, and a GitOps diff agrees with the cluster)."""
-    return Field(default_factory=model, json_schema_extra={"default": {}})
+    """An optional sub-object that is always present, with its defaults spelled out in the CRD, so the
+    stored object shows them (defaults live in the schema, not in the operator, and a GitOps diff
+    agrees with the cluster). The whole default object is given because the apiserver checks a
+    default against the object's CEL rules as it stands."""
+    default = model().model_dump(by_alias=True, exclude_none=True, mode="json")
+    return Field(default_factory=model, json_schema_extra={"default": default})
 
 
 class ApiModel(BaseModel):

@@ -55,6 +55,8 @@ def _structural(node: Any) -> Any:
             del node["default"]
     if node.get("default", 0) is None:
         del node["default"]
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
     for bound, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if bound in node and not isinstance(node[bound], bool):
             node[inclusive] = node.pop(bound)
@@ -134,12 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     from pathlib import Path
 
     parser = argparse.ArgumentParser(description="Write the Kiln CRDs generated from the API models.")
-    parser.add_argument("--out", default="crds", help="directory to write the CRD files into")
-    out = Path(parser.parse_args(argv).out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, body in all_crds().items():
-        (out / name).write_text(render(body))
-        print(f"wrote {out / name}")
+    parser.add_argument("--out", action="append", help="directory to write the CRD files into (repeatable)")
+    for out in map(Path, parser.parse_args(argv).out or ["crds"]):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, body in all_crds().items():
+            (out / name).write_text(render(body))
+            print(f"wrote {out / name}")
 
 
 def render(body: dict[str, Any]) -> str:

@@ -101,7 +101,7 @@ class TrainingPipelineSpec(ApiModel):
 
     model_config = {
         "json_schema_extra": validations(
-            cel(f"!has(self.search.metric) || (self.estimator['class'] in {_in(CLASSIFIERS)} ? "
+            cel(f"!has(self.search.metric) || (self.estimator.class in {_in(CLASSIFIERS)} ? "
                 f"self.search.metric in {_in(CLASSIFICATION_METRICS)} : "
                 f"self.search.metric in {_in(REGRESSION_METRICS)})",
                 "search.metric must suit the estimator: classification metrics for classifiers, "

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Builds the cluster's images daemonless with buildah and, when the node's containerd runs, imports
+# them into its `k8s.io` namespace as docker.io/kiln/NAME:dev (no registry is reachable: pods use these
+# local tags with imagePullPolicy IfNotPresent). Every image is keyed by a hash of its inputs, so a
+# warm run only compares hashes.
+#   build-images.sh [pause|coredns|metrics-server|runtime|operator|all]...   (default: all)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+IMAGES=$KILN_CACHE/images
+CTRD_SOCK=$KILN_STATE/containerd/containerd.sock
+BUILDAH=(buildah --root "$KILN_CACHE/buildah/storage" --runroot "$KILN_CACHE/buildah/run" --storage-driver overlay)
+mkdir -p "$IMAGES/bin"
+command -v buildah >/dev/null || die "buildah is missing: run hack/install-deps.sh"
+[ "$(id -u)" = 0 ] || die "building images with buildah needs root here"
+
+# hash_of PATH...: a short hash of the files' names and contents (bytecode and caches left out).
+hash_of() {
+  (cd "$KILN_ROOT" && find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
+    | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
+}
+
+# go_binary NAME MODULE_DIR PACKAGE HASH: a static binary (CGO off, so FROM scratch works) for HASH.
+go_binary() {
+  local name=$1 dir=$2 pkg=$3 hash=$4 out=$IMAGES/bin/$1-$4
+  if [ ! -x "$out" ]; then
+    log "$name: building the binary from its Go module..." >&2
+    (cd "$KILN_ROOT/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out.tmp" "$pkg")
+    mv "$out.tmp" "$out"
+    find "$IMAGES/bin" -name "$name-*" ! -name "$name-$hash" -delete
+  fi
+  echo "$out"
+}
+
+# build NAME HASH CONTEXT DOCKERFILE [--build-arg K=V]...: $IMAGES/NAME-HASH.tar (docker-archive),
+# built with buildah bud unless that tar already exists. The build has no network.
+build() {
+  local name=$1 hash=$2 ctx=$3 file=$4; shift 4
+  local tar=$IMAGES/$name-$hash.tar t0=$SECONDS
+  [ -f "$tar" ] && { log "$name: cached ($hash)"; return 0; }
+  log "$name: building the image ($hash)..."
+  "${BUILDAH[@]}" bud --quiet --pull=never --network=none --layers=false -f "$file" "$@" \
+    -t "kiln/$name:dev" "$ctx" >"$IMAGES/$name.build.log" 2>&1 \
+    || { tail -n 30 "$IMAGES/$name.build.log" >&2; die "building image $name failed (log: $IMAGES/$name.build.log)"; }
+  "${BUILDAH[@]}" push --quiet "kiln/$name:dev" "docker-archive:$tar.tmp:docker.io/kiln/$name:dev" >/dev/null
+  mv "$tar.tmp" "$tar"
+  find "$IMAGES" -maxdepth 1 -name "$name-*.tar" ! -name "$name-$hash.tar" -delete
+  log "$name: built in $((SECONDS - t0)) s ($(du -m "$tar" | cut -f1) MB)"
+}
+
+# import NAME HASH: loads $IMAGES/NAME-HASH.tar into the node's containerd unless that hash is there.
+import() {
+  local name=$1 hash=$2 ref=docker.io/kiln/$1:dev
+  local ctr=(ctr --address "$CTRD_SOCK" -n k8s.io)
+  # The current hash, for manifests that roll their pods when the image changes.
+  echo "$hash" >"$IMAGES/$name.current"
+  [ -S "$CTRD_SOCK" ] && timeout 5 "${ctr[@]}" version >/dev/null 2>&1 \
+    || { log "$name: containerd is not running; the image is imported by the next cluster-up"; return 0; }
+  if timeout 20 "${ctr[@]}" images ls "name==$ref" 2>/dev/null | grep -q "kiln.dev/hash=$hash"; then
+    return 0
+  fi
+  timeout 300 "${ctr[@]}" images import "$IMAGES/$name-$hash.tar" >/dev/null \
+    || die "importing $name into containerd failed"
+  "${ctr[@]}" images label "$ref" "kiln.dev/hash=$hash" >/dev/null
+  log "$name: imported into containerd as $ref"
+}
+
+# --- the images -----------------------------------------------------------------------------------
+
+# pause: the pod sandbox image (containerd's sandbox_image), a static Go program FROM scratch.
+img_pause() {
+  local h bin ctx
+  h=$(hash_of hack/images/pause)
+  if [ ! -f "$IMAGES/pause-$h.tar" ]; then
+    bin=$(go_binary pause hack/images/pause . "$h")
+    ctx=$(mktemp -d); cp "$bin" "$ctx/pause"
+    build pause "$h" "$ctx" "$KILN_ROOT/hack/images/pause/Dockerfile"
+    rm -rf "$ctx"
+  fi
+  import pause "$h"
+}
+
+# addon IMAGE DIR PKG: CoreDNS and metrics-server, static binaries FROM scratch.
+img_addon() {
+  local name=$1 dir=$2 pkg=$3 h bin ctx
+  h=$(hash_of "$dir" hack/images/scratch.Dockerfile)
+  if [ ! -f "$IMAGES/$name-$h.tar" ]; then
+    bin=$(go_binary "$name" "$dir" "$pkg" "$h")
+    ctx=$(mktemp -d); cp "$bin" "$ctx/app"
+    build "$name" "$h" "$ctx" "$KILN_ROOT/hack/images/scratch.Dockerfile"
+    rm -rf "$ctx"
+  fi
+  import "$name" "$h"
+}
+
+# The Debian base for the Python images: debootstrap minbase plus python3 and python3-venv (the
+# public python:3.11-slim-bookworm cannot be pulled here). Stored in buildah's storage as
+# localhost/kiln/debian-base:HASH.
+debian_base() {
+  local h mirror dir
+  h=$(printf 'bookworm minbase python3,python3-venv v1' | sha256sum | cut -c1-16)
+  BASE_REF=localhost/kiln/debian-base:$h
+  "${BUILDAH[@]}" inspect --type image "$BASE_REF" >/dev/null 2>&1 && return 0
+  command -v debootstrap >/dev/null || die "debootstrap is missing: run hack/install-deps.sh"
+  # The machine's own Debian mirror (the only package archive reachable).
+  mirror=$(grep -hoE '^URIs: *\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -1 | awk '{print $2}')
+  mirror=${mirror:-http://deb.debian.org/debian}
+  dir=$KILN_CACHE/debootstrap-$h
+  rm -rf "$dir"
+  log "debian base: debootstrap bookworm (minbase + python3) from $mirror (about a minute)..."
+  timeout 900 debootstrap --variant=minbase --include=python3,python3-venv bookworm "$dir" "$mirror" \
+    >"$IMAGES/debian-base.log" 2>&1 || { tail -n 20 "$IMAGES/debian-base.log" >&2; die "debootstrap failed"; }
+  rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
+  local c; c=$("${BUILDAH[@]}" from scratch)
+  "${BUILDAH[@]}" copy "$c" "$dir" / >/dev/null
+  "${BUILDAH[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env LANG=C.UTF-8 --cmd /bin/bash "$c"
+  "${BUILDAH[@]}" commit --quiet --rm "$c" "$BASE_REF" >/dev/null
+  rm -rf "$dir"
+  log "debian base: $BASE_REF"
+}
+
+# The wheelhouse: every wheel the runtime and operator need, downloaded on the host (pip inside a
+# build has no index), keyed by pyproject.toml. The project's own wheel is built per image hash.
+wheelhouse() {
+  local h py
+  h=$(hash_of pyproject.toml)
+  WHEELS=$KILN_CACHE/wheelhouse-$h
+  [ -f "$WHEELS/.complete" ] && return 0
+  py=$(bash "$KILN_ROOT/hack/venv.sh")/bin/python
+  "$py" -c 'import sys; assert sys.version_info[:2] == (3, 11)' \
+    || die "python3.11 is needed to fetch wheels matching the images' Python (Debian bookworm: 3.11)"
+  log "wheelhouse: fetching the runtime and operator dependencies..."
+  rm -rf "$WHEELS"; mkdir -p "$WHEELS"
+  timeout 900 "$py" -m pip wheel -q -w "$WHEELS" "$KILN_ROOT[runtime,operator]" >"$IMAGES/wheelhouse.log" 2>&1 \
+    || { tail -n 20 "$IMAGES/wheelhouse.log" >&2; die "pip wheel failed (log: $IMAGES/wheelhouse.log)"; }
+  rm -f "$WHEELS"/kiln-*.whl
+  touch "$WHEELS/.complete"
+  find "$KILN_CACHE" -maxdepth 1 -name 'wheelhouse-*' ! -name "wheelhouse-$h" -exec rm -rf {} +
+}
+
+# py_image NAME DOCKERFILE EXTRA: an image of the project from its Dockerfile, on the Debian base, with
+# pip installing `kiln[EXTRA]` from the wheelhouse only.
+py_image() {
+  local name=$1 file=$2 extra=$3 h ctx
+  debian_base
+  wheelhouse
+  h=$( { hash_of pyproject.toml serving_image operator "$file"; echo "$BASE_REF $WHEELS"; } | sha256sum | cut -c1-16)
+  if [ ! -f "$IMAGES/$name-$h.tar" ]; then
+    ctx=$(mktemp -d)
+    mkdir "$ctx/wheels"
+    cp -l "$WHEELS"/*.whl "$ctx/wheels/" 2>/dev/null || cp "$WHEELS"/*.whl "$ctx/wheels/"
+    (cd "$KILN_ROOT" && "$(bash hack/venv.sh)/bin/python" -m pip wheel -q --no-deps -w "$ctx/wheels" . >/dev/null) \
+      || die "building the project's wheel failed"
+    build "$name" "$h" "$ctx" "$KILN_ROOT/$file" --build-arg "BASE=$BASE_REF" \
+      --build-arg "PIP_ARGS=--no-index --find-links=/src/wheels" --build-arg "KILN_SPEC=kiln[$extra]"
+    rm -rf "$ctx"
+  fi
+  import "$name" "$h"
+}
+
+targets=${*:-all}
+[ "$targets" = all ] && targets="pause coredns metrics-server runtime operator"
+for t in $targets; do
+  case $t in
+    pause) img_pause ;;
+    coredns) img_addon coredns hack/addons/coredns . ;;
+    metrics-server) img_addon metrics-server hack/addons/metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    runtime) py_image runtime serving_image/Dockerfile runtime ;;
+    operator) py_image operator operator/Dockerfile operator ;;
+    *) die "unknown image '$t' (pause, coredns, metrics-server, runtime, operator, all)" ;;
+  esac
+done

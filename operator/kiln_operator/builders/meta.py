@@ -1,0 +1,72 @@
+"""Names, labels and ownership shared by every child object."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..api.kinds import API_VERSION
+
+PART_OF = "kiln"
+MANAGED_BY = "kiln-operator"
+LABEL_KIND = "kiln.dev/kind"
+LABEL_OWNER = "kiln.dev/owner"
+LABEL_MODEL = "kiln.dev/model"
+LABEL_VERSION = "kiln.dev/model-version"
+LABEL_RUN = "kiln.dev/run"
+LABEL_ROLE = "kiln.dev/role"
+ANNOTATION_RUN_REQUEST = "kiln.dev/run-requested"
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", API_VERSION),
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(owner: dict[str, Any], component: str, **extra: str) -> dict[str, str]:
+    result = {
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/instance": owner["metadata"]["name"],
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_KIND: owner["kind"].lower(),
+        LABEL_OWNER: owner["metadata"]["name"],
+    }
+    result.update({k: v for k, v in extra.items()})
+    return result
+
+
+def child_metadata(owner: dict[str, Any], name: str, component: str, **extra_labels: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner["metadata"]["namespace"],
+        "labels": labels(owner, component, **extra_labels),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def short_name(*parts: str, limit: int = 63) -> str:
+    """Joins parts into a DNS label; when too long, keeps a prefix and a hash so names stay unique."""
+    name = "-".join(p for p in parts if p)
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                  "seccompProfile": {"type": "RuntimeDefault"}}

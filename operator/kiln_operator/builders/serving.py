@@ -1,0 +1,219 @@
+"""Children of an InferenceService: a Deployment per served version, a Service, HPAs and a PDB.
+
+Deployments are named by role (primary, canary), not by version: promoting a new version changes the
+primary's pod template, and the Deployment's rolling update (no unavailable pod, one surge pod, a
+readiness gate on the model being loaded) moves traffic without a failed request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ..config import OperatorConfig
+from .meta import LABEL_MODEL, LABEL_ROLE, LABEL_VERSION, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, \
+    short_name
+
+SERVER_PORT = 8080
+MONITOR_PORT = 9180
+HANDOFF_DIR = "/var/run/kiln"
+COMPONENT = "kiln-serve"
+
+
+def deployment_name(isvc: dict[str, Any], role: str) -> str:
+    return short_name(isvc["metadata"]["name"], role)
+
+
+def service_name(isvc: dict[str, Any]) -> str:
+    return isvc["metadata"]["name"]
+
+
+def selector(isvc: dict[str, Any]) -> dict[str, str]:
+    """Pods of every role: the Service spreads requests over them, so replicas set the traffic split."""
+    return {"app.kubernetes.io/name": COMPONENT, "app.kubernetes.io/instance": isvc["metadata"]["name"]}
+
+
+def split_replicas(total_min: int, canary_percent: int) -> tuple[int, int]:
+    """Replicas (primary, canary) whose ratio realises the canary's share of requests."""
+    if canary_percent <= 0:
+        return total_min, 0
+    if canary_percent >= 100:
+        return 0, total_min
+    canary = 1
+    primary = max(total_min, round(canary * (100 - canary_percent) / canary_percent))
+    # Keep the primary within a sensible size: a 1% canary is approximated, not 99 replicas.
+    return min(primary, 19), canary
+
+
+def _env(pairs: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"name": k, "value": str(v)} for k, v in pairs.items() if v is not None]
+
+
+def server_env(isvc_spec: dict[str, Any], mv: dict[str, Any]) -> list[dict[str, str]]:
+    spec = mv["spec"]
+    artifact = spec["artifact"]
+    onnx = artifact.get("onnx") or {}
+    use_onnx = bool(onnx.get("parityVerified"))
+    batching = isvc_spec.get("batching", {})
+    return _env({
+        "KILN_MODEL_NAME": spec["modelName"],
+        "KILN_MODEL_VERSION": spec["version"],
+        "KILN_MODEL_URI": artifact["uri"],
+        "KILN_MODEL_SHA256": artifact["sha256"],
+        "KILN_MODEL_FORMAT": artifact.get("format", "skops"),
+        "KILN_ALLOW_UNSAFE": "true" if artifact.get("allowUnsafe") else "false",
+        "KILN_ONNX_URI": onnx.get("uri") if use_onnx else None,
+        "KILN_ONNX_SHA256": onnx.get("sha256") if use_onnx else None,
+        "KILN_SIGNATURE": json.dumps(spec["signature"], separators=(",", ":"), sort_keys=True),
+        "KILN_PORT": SERVER_PORT,
+        "KILN_MAX_BATCH_SIZE": batching.get("maxBatchSize", 32),
+        "KILN_MAX_LATENCY_MS": batching.get("maxLatencyMs", 2),
+        "KILN_HANDOFF_SOCKET": f"{HANDOFF_DIR}/handoff.sock",
+    })
+
+
+def monitor_env(isvc_spec: dict[str, Any], mv: dict[str, Any]) -> list[dict[str, str]]:
+    drift = isvc_spec.get("monitoring", {}).get("drift", {})
+    return _env({
+        "KILN_MODEL_NAME": mv["spec"]["modelName"],
+        "KILN_MODEL_VERSION": mv["spec"]["version"],
+        "KILN_BASELINE_URI": mv["spec"].get("baselineUri"),
+        "KILN_HANDOFF_SOCKET": f"{HANDOFF_DIR}/handoff.sock",
+        "KILN_MONITOR_PORT": MONITOR_PORT,
+        "KILN_MONITOR_WINDOW_ROWS": drift.get("windowRows", 2000),
+        "KILN_MONITOR_PSI_THRESHOLD": drift.get("psiThreshold", 0.2),
+    })
+
+
+def _resources(spec: dict[str, Any]) -> dict[str, Any]:
+    # Requests are needed for the CPU autoscaler to have a denominator.
+    return spec.get("resources") or {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                     "limits": {"memory": "1Gi"}}
+
+
+def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, replicas: int,
+               cfg: OperatorConfig) -> dict[str, Any]:
+    spec = isvc["spec"]
+    name = deployment_name(isvc, role)
+    version_labels = {LABEL_MODEL: mv["spec"]["modelName"], LABEL_VERSION: mv["metadata"]["name"], LABEL_ROLE: role}
+    meta = child_metadata(isvc, name, COMPONENT, **version_labels)
+    pod_labels = {**selector(isvc), **version_labels, "app.kubernetes.io/part-of": "kiln"}
+    drift_on = spec.get("monitoring", {}).get("drift", {}).get("enabled", True) and mv["spec"].get("baselineUri")
+    server = {
+        "name": "server",
+        "image": cfg.runtime_image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["kiln-serve"],
+        "env": server_env(spec, mv) + cfg.store_env(),
+        "envFrom": cfg.store_env_from(),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 3, "initialDelaySeconds": 5},
+        # Endpoints are removed asynchronously: keep serving a moment after SIGTERM so no client is
+        # sent to a pod that already stopped listening.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 3}}},
+        "resources": _resources(spec),
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "handoff", "mountPath": HANDOFF_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    containers = [server]
+    if drift_on:
+        containers.append({
+            "name": "monitor",
+            "image": cfg.runtime_image,
+            "imagePullPolicy": cfg.image_pull_policy,
+            "command": ["kiln-monitor"],
+            "env": monitor_env(spec, mv) + cfg.store_env(),
+            "envFrom": cfg.store_env_from(),
+            "ports": [{"name": "monitor", "containerPort": MONITOR_PORT}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "monitor"}, "periodSeconds": 5},
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+            "securityContext": RESTRICTED_CONTAINER,
+            "volumeMounts": [{"name": "handoff", "mountPath": HANDOFF_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        })
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {**selector(isvc), LABEL_ROLE: role}},
+            "progressDeadlineSeconds": spec.get("rollout", {}).get("progressDeadlineSeconds", 300),
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(SERVER_PORT),
+                                    "prometheus.io/path": "/metrics"},
+                },
+                "spec": {
+                    "securityContext": RESTRICTED_POD,
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "enableServiceLinks": False,
+                    "containers": containers,
+                    "volumes": [{"name": "handoff", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                                {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                },
+            },
+        },
+    }
+
+
+def service(isvc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(isvc, service_name(isvc), COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(isvc),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def service_url(isvc: dict[str, Any]) -> str:
+    return f"http://{service_name(isvc)}.{isvc['metadata']['namespace']}.svc.cluster.local"
+
+
+def hpa(isvc: dict[str, Any], role: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    scaling = isvc["spec"].get("autoscaling", {})
+    metrics: list[dict[str, Any]] = [{
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization",
+                                               "averageUtilization": scaling.get("targetCpuUtilization", 70)}},
+    }]
+    if scaling.get("targetRequestsPerSecond"):
+        metrics.append({"type": "Pods", "pods": {
+            "metric": {"name": "kiln_requests_per_second"},
+            "target": {"type": "AverageValue", "averageValue": str(scaling["targetRequestsPerSecond"])}}})
+    name = deployment_name(isvc, role)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": child_metadata(isvc, name, COMPONENT, **{LABEL_ROLE: role}),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": min_replicas,
+            "maxReplicas": max(min_replicas, max_replicas),
+            "metrics": metrics,
+        },
+    }
+
+
+def pdb(isvc: dict[str, Any]) -> dict[str, Any]:
+    # maxUnavailable rather than minAvailable: a one-replica service must not block node drains forever.
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_metadata(isvc, service_name(isvc), COMPONENT),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(isvc)}},
+    }
+
+
+def canary_max_replicas(max_replicas: int, percent: int) -> int:
+    return max(1, math.ceil(max_replicas * percent / 100))

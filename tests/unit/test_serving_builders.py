@@ -1,0 +1,88 @@
+"""InferenceService children, built without a cluster."""
+
+import json
+
+import pytest
+
+from kiln_operator.builders import serving
+from kiln_operator.config import OperatorConfig
+
+ISVC = {
+    "apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
+    "metadata": {"name": "iris", "namespace": "ml", "uid": "u-1", "generation": 1},
+    "spec": {"model": {"modelName": "iris", "stage": "Production"},
+             "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetCpuUtilization": 60},
+             "batching": {"maxBatchSize": 16, "maxLatencyMs": 3},
+             "monitoring": {"drift": {"enabled": True, "windowRows": 500, "psiThreshold": 0.25}},
+             "rollout": {"progressDeadlineSeconds": 120}},
+}
+MV = {
+    "apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
+    "metadata": {"name": "iris-v3", "namespace": "ml", "uid": "u-3"},
+    "spec": {"modelName": "iris", "version": 3, "baselineUri": "s3://b/baseline.json",
+             "artifact": {"uri": "s3://b/model.skops", "sha256": "a" * 64, "format": "skops",
+                          "onnx": {"uri": "s3://b/model.onnx", "sha256": "b" * 64, "parityVerified": True}},
+             "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}},
+}
+CFG = OperatorConfig(runtime_image="kiln/runtime:test", s3_endpoint="http://10.244.0.1:9000", store_secret="s3")
+
+
+def env_of(container):
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_deployment_runs_the_server_and_the_monitor_restricted():
+    dep = serving.deployment(ISVC, MV, "primary", 2, CFG)
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["server", "monitor"]
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert c["image"] == "kiln/runtime:test" and c["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    server = env_of(pod["containers"][0])
+    assert server["KILN_MODEL_SHA256"] == "a" * 64 and server["KILN_ONNX_URI"] == "s3://b/model.onnx"
+    assert json.loads(server["KILN_SIGNATURE"])["inputs"][0]["name"] == "x"
+    assert server["KILN_MAX_BATCH_SIZE"] == "16" and server["AWS_ENDPOINT_URL"] == "http://10.244.0.1:9000"
+    monitor = env_of(pod["containers"][1])
+    assert monitor["KILN_HANDOFF_SOCKET"] == server["KILN_HANDOFF_SOCKET"]
+    assert monitor["KILN_BASELINE_URI"] == "s3://b/baseline.json"
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert dep["spec"]["progressDeadlineSeconds"] == 120
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert dep["spec"]["template"]["metadata"]["labels"]["kiln.dev/model-version"] == "iris-v3"
+
+
+def test_unverified_onnx_is_not_served():
+    mv = json.loads(json.dumps(MV))
+    mv["spec"]["artifact"]["onnx"]["parityVerified"] = False
+    server = env_of(serving.deployment(ISVC, mv, "primary", 1, CFG)["spec"]["template"]["spec"]["containers"][0])
+    assert "KILN_ONNX_URI" not in server
+
+
+def test_no_monitor_without_a_baseline_or_when_disabled():
+    mv = json.loads(json.dumps(MV))
+    del mv["spec"]["baselineUri"]
+    assert len(serving.deployment(ISVC, mv, "primary", 1, CFG)["spec"]["template"]["spec"]["containers"]) == 1
+    isvc = json.loads(json.dumps(ISVC))
+    isvc["spec"]["monitoring"]["drift"]["enabled"] = False
+    assert len(serving.deployment(isvc, MV, "primary", 1, CFG)["spec"]["template"]["spec"]["containers"]) == 1
+
+
+def test_service_selects_every_role_and_hpa_targets_its_deployment():
+    svc = serving.service(ISVC)
+    primary = serving.deployment(ISVC, MV, "primary", 1, CFG)
+    canary = serving.deployment(ISVC, MV, "canary", 1, CFG)
+    for dep in (primary, canary):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= labels.items()
+    assert primary["spec"]["selector"] != canary["spec"]["selector"]
+    hpa = serving.hpa(ISVC, "primary", 2, 5)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == primary["metadata"]["name"]
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+
+
+@pytest.mark.parametrize("minimum,percent,expected", [(1, 0, (1, 0)), (1, 20, (4, 1)), (1, 50, (1, 1)),
+                                                       (3, 10, (9, 1)), (2, 100, (0, 2)), (1, 1, (19, 1))])
+def test_replica_split_realises_the_canary_share(minimum, percent, expected):
+    assert serving.split_replicas(minimum, percent) == expected
