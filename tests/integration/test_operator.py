@@ -74,8 +74,15 @@ def _ready(kubectl, namespace, kind, name):
 def test_examples_become_ready_with_events_and_health(kubectl, operator, namespace):
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES))
     kubectl.run("wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s",
-                "dataset/iris", "trainingpipeline/iris-forest", "modelversion/iris-v1", "inferenceservice/iris",
-                timeout=120)
+                "dataset/iris", "trainingpipeline/iris-forest", "modelversion/iris-v1", timeout=120)
+    # The InferenceService builds its children at once; it is Ready only once a pod serves the model,
+    # which the end-to-end tests cover with a real model and the node.
+    kubectl.wait_for(lambda: _ready(kubectl, namespace, "inferenceservice", "iris"), timeout=60,
+                     what="the InferenceService's Ready condition")
+    for kind, name in (("deployment", "iris-primary"), ("service", "iris"), ("hpa", "iris-primary"),
+                       ("pdb", "iris")):
+        child = kubectl.json("get", kind, name, "-n", namespace)
+        assert child["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
     for kind in KINDS:
         for obj in kubectl.json("get", kind, "-n", namespace)["items"]:
             status = obj["status"]
@@ -85,7 +92,7 @@ def test_examples_become_ready_with_events_and_health(kubectl, operator, namespa
                                   "observedGeneration"}
     events = kubectl.json("get", "events", "-n", namespace)["items"]
     reasons = {(e["involvedObject"]["kind"], e["reason"]) for e in events}
-    for kind in ("Dataset", "TrainingPipeline", "ModelVersion", "InferenceService"):
+    for kind in ("Dataset", "TrainingPipeline", "ModelVersion"):
         assert (kind, "Accepted") in reasons, reasons
     assert operator.healthy()
     lines = [line for line in operator.log.read_text().splitlines() if line.startswith("{")]
@@ -127,8 +134,10 @@ def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconf
     second = Operator(kubeconfig, namespace, tmp_path / "op2.log").start()
     try:
         kubectl.run("wait", "-n", namespace, "--for=condition=Ready", "--timeout=120s", "--all",
-                    "datasets,trainingpipelines,modelversions,inferenceservices",
-                    timeout=150)
+                    "datasets,trainingpipelines,modelversions", timeout=150)
+        kubectl.wait_for(lambda: len(kubectl.json("get", "deployments", "-n", namespace)["items"]) == 8
+                         and all(_ready(kubectl, namespace, "inferenceservice", f"iris-{i}") for i in range(8)),
+                         timeout=120, what="every InferenceService reconciled")
     finally:
         second.stop()
     for kind in KINDS:
@@ -137,6 +146,9 @@ def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconf
         for obj in items:
             types = [c["type"] for c in obj["status"]["conditions"]]
             assert len(types) == len(set(types)), obj["metadata"]["name"]
-    # Nothing but what the user applied: the skeleton creates no children, and no duplicates.
-    owned = kubectl.json("get", "all", "-n", namespace)["items"]
-    assert [o for o in owned if o["kind"] != "Service"] == []
+    # One set of children per InferenceService, each owned by a live parent: no duplicate, no orphan.
+    parents = {o["metadata"]["uid"] for o in kubectl.json("get", "inferenceservices", "-n", namespace)["items"]}
+    for kind in ("deployments", "services", "hpa", "pdb"):
+        children = kubectl.json("get", kind, "-n", namespace)["items"]
+        assert len(children) == 8, kind
+        assert {c["metadata"]["ownerReferences"][0]["uid"] for c in children} == parents, kind

@@ -32,7 +32,7 @@ def env_of(container):
 
 
 def test_deployment_runs_the_server_and_the_monitor_restricted():
-    dep = serving.deployment(ISVC, MV, "primary", 2, CFG)
+    dep = serving.deployment(ISVC, MV, "primary", CFG)
     pod = dep["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["server", "monitor"]
     for c in pod["containers"]:
@@ -56,23 +56,23 @@ def test_deployment_runs_the_server_and_the_monitor_restricted():
 def test_unverified_onnx_is_not_served():
     mv = json.loads(json.dumps(MV))
     mv["spec"]["artifact"]["onnx"]["parityVerified"] = False
-    server = env_of(serving.deployment(ISVC, mv, "primary", 1, CFG)["spec"]["template"]["spec"]["containers"][0])
+    server = env_of(serving.deployment(ISVC, mv, "primary", CFG)["spec"]["template"]["spec"]["containers"][0])
     assert "KILN_ONNX_URI" not in server
 
 
 def test_no_monitor_without_a_baseline_or_when_disabled():
     mv = json.loads(json.dumps(MV))
     del mv["spec"]["baselineUri"]
-    assert len(serving.deployment(ISVC, mv, "primary", 1, CFG)["spec"]["template"]["spec"]["containers"]) == 1
+    assert len(serving.deployment(ISVC, mv, "primary", CFG)["spec"]["template"]["spec"]["containers"]) == 1
     isvc = json.loads(json.dumps(ISVC))
     isvc["spec"]["monitoring"]["drift"]["enabled"] = False
-    assert len(serving.deployment(isvc, MV, "primary", 1, CFG)["spec"]["template"]["spec"]["containers"]) == 1
+    assert len(serving.deployment(isvc, MV, "primary", CFG)["spec"]["template"]["spec"]["containers"]) == 1
 
 
 def test_service_selects_every_role_and_hpa_targets_its_deployment():
     svc = serving.service(ISVC)
-    primary = serving.deployment(ISVC, MV, "primary", 1, CFG)
-    canary = serving.deployment(ISVC, MV, "canary", 1, CFG)
+    primary = serving.deployment(ISVC, MV, "primary", CFG)
+    canary = serving.deployment(ISVC, MV, "canary", CFG)
     for dep in (primary, canary):
         labels = dep["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= labels.items()

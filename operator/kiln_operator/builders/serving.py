@@ -92,8 +92,9 @@ def _resources(spec: dict[str, Any]) -> dict[str, Any]:
                                      "limits": {"memory": "1Gi"}}
 
 
-def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, replicas: int,
-               cfg: OperatorConfig) -> dict[str, Any]:
+def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: OperatorConfig) -> dict[str, Any]:
+    """The Deployment of one role. It sets no `replicas`: the HPA owns that field (its minReplicas
+    realises the canary split), and an applied replica count would fight it on every reconcile."""
     spec = isvc["spec"]
     name = deployment_name(isvc, role)
     version_labels = {LABEL_MODEL: mv["spec"]["modelName"], LABEL_VERSION: mv["metadata"]["name"], LABEL_ROLE: role}
@@ -139,7 +140,6 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, replicas: in
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": replicas,
             "selector": {"matchLabels": {**selector(isvc), LABEL_ROLE: role}},
             "progressDeadlineSeconds": spec.get("rollout", {}).get("progressDeadlineSeconds", 300),
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},

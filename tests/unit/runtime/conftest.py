@@ -68,7 +68,9 @@ def run_cli(tmp_path, monkeypatch):
     def run(command: str, config: dict, *extra: str, index: int | None = None) -> Outcome:
         cfg_path = tmp_path / f"config-{command}.json"
         cfg_path.write_text(json.dumps(config))
-        if index is not None:
+        if index is None:
+            monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+        else:
             monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
         code = cli.main([command, "--config", str(cfg_path), *extra])
         raw = log.read_bytes()

@@ -1,0 +1,196 @@
+"""InferenceService reconcile, as a pure plan: observed state in, manifests, deletions, status and Events out.
+
+The version a service is *serving* (`status.modelVersion`) only moves once the rollout of a new
+version completed. A rollout that misses its deadline or whose server keeps failing (a bad digest,
+a model that does not load) is rolled back to the serving version, and the bad version stays out
+(`status.rolledBackVersion`) until the spec or the stage points at another one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .builders import serving
+from .builders.meta import LABEL_VERSION
+from .config import OperatorConfig
+
+ROLES = ("primary", "canary")
+# Container states that mean "this version will not come up by waiting".
+FATAL_WAITING = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError",
+                 "InvalidImageName", "CreateContainerError"}
+
+
+@dataclass
+class Observed:
+    model_versions: list[dict[str, Any]]
+    deployments: dict[str, dict[str, Any]]  # role -> Deployment
+    pods: list[dict[str, Any]]
+
+
+@dataclass
+class Plan:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[str, str, str]] = field(default_factory=list)  # (apiVersion, kind, name)
+    status: dict[str, Any] = field(default_factory=dict)
+    conditions: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, status, reason, msg
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # type (Normal|Warning), reason, msg
+
+
+class Unresolved(Exception):
+    """The spec points at no usable ModelVersion; the message names what is missing."""
+
+
+def resolve(selector: dict[str, Any], model_name: str | None, mvs: list[dict[str, Any]]) -> dict[str, Any]:
+    if selector.get("versionRef"):
+        name = selector["versionRef"]["name"]
+        found = next((m for m in mvs if m["metadata"]["name"] == name), None)
+        if found is None:
+            raise Unresolved(f"ModelVersion {name!r} does not exist")
+        return found
+    stage = selector["stage"]
+    model = selector.get("modelName") or model_name
+    staged = [m for m in mvs if m["spec"].get("modelName") == model and m["spec"].get("stage") == stage]
+    if not staged:
+        raise Unresolved(f"no ModelVersion of model {model!r} is in stage {stage}")
+    # Promotion leaves at most one version per stage; should two briefly coexist, the newest wins.
+    return max(staged, key=lambda m: m["spec"]["version"])
+
+
+def _version_of(deployment: dict[str, Any] | None) -> str | None:
+    if not deployment:
+        return None
+    return deployment["spec"]["template"]["metadata"]["labels"].get(LABEL_VERSION)
+
+
+def rollout_complete(deployment: dict[str, Any] | None) -> bool:
+    if not deployment:
+        return False
+    status = deployment.get("status") or {}
+    wanted = status.get("replicas", 0)
+    return (status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 1)
+            and wanted > 0
+            and status.get("updatedReplicas", 0) == wanted
+            and status.get("availableReplicas", 0) == wanted)
+
+
+def rollout_failure(deployment: dict[str, Any] | None, pods: list[dict[str, Any]], version: str) -> str | None:
+    """Why the rollout to `version` cannot succeed, or None while it still may."""
+    for cond in (deployment or {}).get("status", {}).get("conditions", []):
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return f"not ready within the progress deadline ({cond.get('message', '')})"
+    for pod in pods:
+        if pod["metadata"].get("labels", {}).get(LABEL_VERSION) != version:
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses", []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            if waiting.get("reason") in FATAL_WAITING or (last.get("exitCode") and cs.get("restartCount", 0) >= 1):
+                why = (last.get("message") or waiting.get("message") or waiting.get("reason") or "").strip()
+                return f"container {cs['name']} keeps failing: {why or 'exit code ' + str(last.get('exitCode'))}"
+    return None
+
+
+def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
+    spec, status = isvc["spec"], isvc.get("status") or {}
+    out = Plan()
+    serving_name = status.get("modelVersion")
+    rolled_back = status.get("rolledBackVersion")
+    by_name = {m["metadata"]["name"]: m for m in observed.model_versions}
+
+    try:
+        target = resolve(spec["model"], None, observed.model_versions)
+    except Unresolved as exc:
+        out.conditions.append(("Ready", "False", "ModelVersionNotFound", str(exc)))
+        out.events.append(("Warning", "ModelVersionNotFound", str(exc)))
+        return out
+    target_name = target["metadata"]["name"]
+
+    primary_dep = observed.deployments.get("primary")
+    deployed = _version_of(primary_dep)
+    # Stay on the serving version while the target is the one that was rolled back.
+    desired = by_name.get(serving_name, target) if target_name == rolled_back else target
+    desired_name = desired["metadata"]["name"]
+
+    if desired_name != serving_name and deployed == desired_name:
+        failure = rollout_failure(primary_dep, observed.pods, desired_name)
+        if failure and spec.get("rollout", {}).get("autoRollback", True) and serving_name in by_name:
+            message = f"rolled back {desired_name} to {serving_name}: {failure}"
+            out.events.append(("Warning", "RolledBack", message))
+            out.conditions.append(("RolledBack", "True", "RolloutFailed", message))
+            out.status["rolledBackVersion"] = desired_name
+            desired, desired_name = by_name[serving_name], serving_name
+        elif failure:
+            out.conditions.append(("Progressing", "False", "RolloutFailed", f"{desired_name}: {failure}"))
+        elif rollout_complete(primary_dep):
+            out.events.append(("Normal", "RolledOut", f"now serving {desired_name}"))
+            out.status["modelVersion"] = serving_name = desired_name
+    elif desired_name == serving_name == deployed and not rollout_complete(primary_dep):
+        pass  # scaling or restarting: nothing to decide
+    if target_name != rolled_back and rolled_back and "rolledBackVersion" not in out.status:
+        # The spec or the stage moved on: forget the bad version.
+        out.status["rolledBackVersion"] = None
+        out.conditions.append(("RolledBack", "False", "NewTarget", f"now targeting {target_name}"))
+
+    scaling = spec.get("autoscaling", {})
+    canary_spec = spec.get("canary")
+    canary = None
+    if canary_spec and canary_spec.get("trafficPercent", 0) > 0:
+        try:
+            canary = resolve(canary_spec, target["spec"]["modelName"], observed.model_versions)
+        except Unresolved as exc:
+            out.conditions.append(("Ready", "False", "CanaryNotFound", str(exc)))
+            out.events.append(("Warning", "CanaryNotFound", str(exc)))
+            return out
+    percent = canary_spec.get("trafficPercent", 0) if canary else 0
+    primary_min, canary_min = serving.split_replicas(scaling.get("minReplicas", 1), percent)
+    max_replicas = scaling.get("maxReplicas", 3)
+
+    out.apply.append(serving.deployment(isvc, desired, "primary", cfg))
+    out.apply.append(serving.hpa(isvc, "primary", max(primary_min, 1), max_replicas))
+    if canary is not None:
+        out.apply.append(serving.deployment(isvc, canary, "canary", cfg))
+        out.apply.append(serving.hpa(isvc, "canary", canary_min, serving.canary_max_replicas(max_replicas, percent)))
+    elif "canary" in observed.deployments:
+        name = serving.deployment_name(isvc, "canary")
+        out.delete += [("apps/v1", "Deployment", name), ("autoscaling/v2", "HorizontalPodAutoscaler", name)]
+    out.apply.append(serving.service(isvc))
+    out.apply.append(serving.pdb(isvc))
+
+    out.status.update(_observed_status(isvc, observed, serving_name, canary))
+    ready_pods = out.status["readyReplicas"]
+    rolling = desired_name != serving_name
+    if serving_name and ready_pods > 0:
+        out.conditions.append(("Ready", "True", "Serving", f"serving {serving_name}"
+                               + (f", canary {canary['metadata']['name']} at {percent}%" if canary else "")))
+    elif serving_name:
+        out.conditions.append(("Ready", "False", "NoReadyReplicas", f"{serving_name} has no ready replica"))
+    else:
+        out.conditions.append(("Ready", "False", "RollingOut", f"waiting for {desired_name} to become ready"))
+    if not any(c[0] == "Progressing" for c in out.conditions):
+        out.conditions.append(("Progressing", "True" if rolling else "False",
+                               "RollingOut" if rolling else "RolloutComplete",
+                               f"rolling out {desired_name}" if rolling else f"{serving_name} is rolled out"))
+    return out
+
+
+def _observed_status(isvc: dict[str, Any], observed: Observed, serving_name: str | None,
+                     canary: dict[str, Any] | None) -> dict[str, Any]:
+    ready = {role: (observed.deployments.get(role) or {}).get("status", {}).get("readyReplicas", 0) or 0
+             for role in ROLES}
+    replicas = {role: (observed.deployments.get(role) or {}).get("status", {}).get("replicas", 0) or 0
+                for role in ROLES}
+    total_ready = sum(ready.values())
+    traffic = []
+    if serving_name:
+        primary_share = 100 if not canary else round(100 * ready["primary"] / max(total_ready, 1))
+        traffic.append({"version": serving_name, "percent": primary_share})
+        if canary:
+            traffic.append({"version": canary["metadata"]["name"], "percent": 100 - primary_share})
+    return {
+        "url": serving.service_url(isvc),
+        "canaryVersion": canary["metadata"]["name"] if canary else None,
+        "traffic": traffic,
+        "replicas": sum(replicas.values()),
+        "readyReplicas": total_ready,
+    }
