@@ -7,4 +7,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 [ -x hack/install-deps.sh ] && bash hack/install-deps.sh
 venv=$(bash hack/venv.sh)
+# This checkout's code first, also in the subprocesses the tests start (see hack/venv.sh).
+export PYTHONPATH="$root/operator:$root/serving_image${PYTHONPATH:+:$PYTHONPATH}"
 exec "$venv/bin/python" -m pytest tests -p no:cacheprovider "$@"

@@ -5,6 +5,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
 venv=$KILN_CACHE/venv
 stamp=$venv/.kiln-stamp
+# The venv is shared by every clone on the machine (CI clones into a fresh directory) and its editable
+# install points at one of them, so callers put their own checkout first with PYTHONPATH (hack/test.sh,
+# the Makefile, pytest's pythonpath); the stamp therefore covers the dependencies only.
 want=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
 if [ ! -x "$venv/bin/python" ]; then
   py=$(command -v python3.11 || command -v python3)
