@@ -2,19 +2,25 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help venv crds test test-unit build cluster-up cluster-down cluster-purge
+.PHONY: help venv crds docs test test-unit build cluster-up cluster-down cluster-purge
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 VENV := $(HOME)/.cache/kiln/venv
 PY := $(VENV)/bin/python
+# This checkout's code first: the shared venv's editable install may point at another clone.
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/serving_image
 
 venv: ## Create or refresh the project's virtualenv in ~/.cache/kiln/venv
 	@bash hack/venv.sh >/dev/null
 
 crds: venv ## Regenerate crds/ (and the chart's copy) from the pydantic models in operator/kiln_operator/api
 	$(PY) -m kiln_operator.api.crdgen --out crds --out charts/kiln/crds
+	cp crds/kopf.dev_*.yaml charts/kiln/crds/  # kopf's peering CRDs: hand-written, shipped alike
+
+docs: venv ## Regenerate docs/api-reference.md from the pydantic models
+	$(PY) -m kiln_operator.api.docgen --out docs/api-reference.md
 
 test-unit: venv ## Run the unit tests (no cluster)
 	$(PY) -m pytest tests/unit -q
