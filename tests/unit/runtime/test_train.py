@@ -35,7 +35,8 @@ def _direct_split(name, seed, fraction, stratify=True):
 
 def test_trial_metrics_match_scikit_learn_and_rerun_is_reproducible(tmp_path, run_cli):
     cfg = _config(tmp_path, "iris", pipeline("RandomForestClassifier", {"n_estimators": 30},
-                                             space={"max_depth": [2, 3]}, trials=2, strategy="grid"))
+                                             space={"max_depth": [2, 3]}, trials=2, strategy="grid"),
+                  keepTrialModels=True)
     out = run_cli("trial", cfg, index=1)
     assert out.code == 0 and out.summary["result"] == "Succeeded" and out.summary["params"] == {"max_depth": 3}
     X_train, X_test, y_train, y_test = _direct_split("iris", 7, 0.25)
@@ -115,7 +116,8 @@ def test_select_writes_the_verified_artifact_set(tmp_path, run_cli):
     assert baseline["predictions"]["type"] == "category" and baseline["predictions"]["count"] == 38
     sig = _read(manifest["files"]["signature.json"]["uri"])
     assert sig["onnx"]["outputs"] == {"label": "label", "probabilities": "probabilities"}
-    assert mv["metrics"] == _read(f"file://{tmp_path}/run/trials/1/result.json")["metrics"]
+    assert mv["metrics"] == _read(f"file://{tmp_path}/run/trials/1/result.json")["metrics"]  # refit == trial
+    assert not (tmp_path / "run/trials/1/model.skops").exists()  # trial models are not kept by default
 
 
 def test_a_failed_gate_writes_no_model_and_says_by_how_much(tmp_path, run_cli):
@@ -153,12 +155,15 @@ def test_categories_and_missing_values_train_and_export(tmp_path, run_cli):
     frame["smooth"] = np.where(frame["mean_smoothness"] > 0.1, "yes", "no")
     spec["schema"]["columns"] += [{"name": "size", "type": "category"}, {"name": "smooth", "type": "boolean"}]
     cfg = {"dataset": write_dataset(tmp_path, "breast_cancer", frame, spec), "output": f"file://{tmp_path}/run",
+           "keepTrialModels": True,  # the selection step loads the stored trial model instead of refitting
            "pipeline": pipeline("GradientBoostingClassifier", {"n_estimators": 20}, metric="f1",
                                 artifactFormat="joblib", allowUnsafeArtifacts=True)}
     assert run_cli("trial", cfg, index=0).code == 0
+    trial_model = (tmp_path / "run/trials/0/model.joblib").read_bytes()
     out = run_cli("select", cfg)
     mv = out.summary["modelVersion"]
     assert out.code == 0 and mv["artifact"]["format"] == "joblib" and mv["artifact"]["allowUnsafe"] is True
+    assert mv["artifact"]["sha256"] == sha256_hex(trial_model)  # the stored trial model, byte for byte
     assert mv["artifact"]["onnx"]["parityVerified"], out.summary
     sig = _read(mv["artifact"]["uri"].rsplit("/", 1)[0] + "/signature.json")
     assert {"name": "size", "type": "category"} in sig["inputs"]
@@ -240,3 +245,15 @@ def test_indexes_past_the_plan_are_skipped_and_a_missing_index_is_an_error(tmp_p
     assert out.code == 0 and out.summary["result"] == "Skipped"
     s = _failure(run_cli("trial", cfg), "InvalidSpec")
     assert "JOB_COMPLETION_INDEX" in s["message"]
+
+
+def test_select_refuses_a_winner_whose_refit_does_not_reproduce_its_metrics(tmp_path, run_cli):
+    cfg = _config(tmp_path, "wine", pipeline("ExtraTreesClassifier", {"n_estimators": 10}))
+    assert run_cli("trial", cfg, index=0).code == 0
+    result_path = tmp_path / "run/trials/0/result.json"
+    result = json.loads(result_path.read_text())
+    result["metrics"]["accuracy"] -= 0.01  # as if the trial had run on another library build
+    result_path.write_text(json.dumps(result))
+    s = _failure(run_cli("select", cfg), "NotReproducible")
+    assert "winning trial 0 does not reproduce: accuracy" in s["message"]
+    assert not (tmp_path / "run/model").exists()

@@ -1,0 +1,141 @@
+"""The held-out split, cross-validation and metrics, written so a reader can redo them in plain
+scikit-learn and get the same numbers (the tests do exactly that).
+
+Split:  sklearn.model_selection.train_test_split(X, y, test_size=testFraction, random_state=seed,
+        stratify=y for classifiers when every class has at least two rows, else None).
+CV:     cvFolds >= 2 folds of the training split, StratifiedKFold (classifiers) or KFold, shuffled with
+        random_state=seed; the trial's score is the mean of the metric over the folds.
+Metrics on the held-out split (classifiers):
+        accuracy; f1, precision, recall with average="binary" and pos_label = the second class in sorted
+        order for two classes, average="macro" otherwise (zero_division=0); roc_auc on predict_proba
+        (binary: the second class's column; multiclass: one-vs-rest, macro); log_loss with
+        labels = the model's classes. roc_auc and log_loss need predict_proba and are left out without it.
+        (regressors): rmse = sqrt(mean_squared_error), mae, r2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidSpec
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+LOWER_IS_BETTER = ("log_loss", "rmse", "mae")  # the operator's API lists the same three
+
+
+def default_metric(task: str) -> str:
+    return "accuracy" if task == "classification" else "rmse"
+
+
+def check_metric(metric: str, task: str) -> None:
+    allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    if metric not in allowed:
+        raise InvalidSpec(f"metric {metric!r} does not suit a {task} estimator; use one of {', '.join(allowed)}")
+
+
+def better(a: float, b: float, metric: str) -> bool:
+    """Whether score `a` is strictly better than `b` for `metric`."""
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+@dataclass
+class Split:
+    X_train: object
+    X_test: object
+    y_train: np.ndarray
+    y_test: np.ndarray
+
+
+def _stratify(y: np.ndarray, task: str):
+    if task != "classification":
+        return None
+    _, counts = np.unique(y, return_counts=True)
+    return y if counts.min() >= 2 and counts.size >= 2 else None
+
+
+def split(X, y: np.ndarray, task: str, test_fraction: float, seed: int) -> Split:
+    from sklearn.model_selection import train_test_split
+
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=test_fraction, random_state=seed, stratify=_stratify(y, task))
+    except ValueError as exc:
+        raise InvalidSpec(f"cannot split {len(y)} rows with testFraction {test_fraction}: {exc}") from exc
+    return Split(X_train, X_test, y_train, y_test)
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def classification_metrics(model, X, y_true: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    y_pred = model.predict(X)
+    classes = list(model.classes_)
+    binary = len(classes) == 2
+    avg = {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
+    out = {
+        "accuracy": m.accuracy_score(y_true, y_pred),
+        "f1": m.f1_score(y_true, y_pred, zero_division=0, **avg),
+        "precision": m.precision_score(y_true, y_pred, zero_division=0, **avg),
+        "recall": m.recall_score(y_true, y_pred, zero_division=0, **avg),
+    }
+    if hasattr(model, "predict_proba"):
+        proba = model.predict_proba(X)
+        present = np.unique(y_true)
+        try:
+            out["log_loss"] = m.log_loss(y_true, proba, labels=classes)
+        except ValueError:
+            pass  # a held-out label the model never saw (a class with a single row) leaves it undefined
+        try:
+            if binary:
+                out["roc_auc"] = m.roc_auc_score(y_true, proba[:, 1]) if present.size == 2 else float("nan")
+            else:
+                out["roc_auc"] = m.roc_auc_score(y_true, proba, multi_class="ovr", average="macro",
+                                                 labels=classes)
+        except ValueError:
+            pass  # a class absent from the held-out split leaves roc_auc undefined
+    return {k: v for k, v in ((k, _finite(v)) for k, v in out.items()) if v is not None}
+
+
+def regression_metrics(model, X, y_true: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    y_pred = model.predict(X)
+    out = {
+        "rmse": math.sqrt(m.mean_squared_error(y_true, y_pred)),
+        "mae": m.mean_absolute_error(y_true, y_pred),
+        "r2": m.r2_score(y_true, y_pred),
+    }
+    return {k: v for k, v in ((k, _finite(v)) for k, v in out.items()) if v is not None}
+
+
+def score(model, X, y, task: str) -> dict[str, float]:
+    return (classification_metrics if task == "classification" else regression_metrics)(model, X, y)
+
+
+def cross_validate(make_model, X, y: np.ndarray, task: str, folds: int, seed: int, metric: str) -> list[float]:
+    """The metric on each of `folds` folds of (X, y); `make_model()` gives a fresh unfitted model."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if task == "classification" and _stratify(y, task) is not None \
+            and np.unique(y, return_counts=True)[1].min() >= folds:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    if len(y) < folds:
+        raise InvalidSpec(f"cvFolds {folds} exceeds the {len(y)} training rows")
+    scores = []
+    for train_idx, test_idx in splitter.split(X, y):
+        model = make_model().fit(X.iloc[train_idx], y[train_idx])
+        value = score(model, X.iloc[test_idx], y[test_idx], task).get(metric)
+        if value is None:
+            raise InvalidSpec(f"metric {metric} is undefined on a cross-validation fold (too few rows per class?)")
+        scores.append(value)
+    return scores

@@ -1,0 +1,178 @@
+"""`kiln-train select`: pick the best trial, apply the quality gates, write the final artifact set.
+
+Final artifacts, under <output>/model/ (nothing is written there when a gate fails):
+  model.skops | model.joblib   the winning trial's model: refitted from its recorded parameters and seed
+                               (or, with keepTrialModels, its stored file, digest re-checked); either
+                               way its held-out metrics must equal the trial's
+  model.onnx                   only when the export passed the parity check (onnx_export.py)
+  signature.json  metrics.json  baseline.json
+  manifest.json                written last: sha256 of every file and the ModelVersion spec fragment.
+A model directory without manifest.json is incomplete and must be ignored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kiln_runtime.profile import profile_column, profile_frame
+
+from . import artifacts, gates, onnx_export, search, signature, trial
+from . import storeio as kio
+from .errors import DatasetChanged, NoSuccessfulTrials, NotReproducible, SourceError
+from .evaluate import better, score
+from .prepare import prepare
+from .spec import Config
+
+LINEAGE_KEYS = ("pipeline", "run", "dataset", "datasetVersion", "image")
+
+
+def collect(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """(succeeded results, failures) over the planned trials, in index order."""
+    results, failures = [], []
+    for i in range(search.planned_trials(cfg.pipeline)):
+        prefix = trial.trial_prefix(cfg.output, i)
+        if kio.exists(f"{prefix}/result.json"):
+            results.append(kio.read_json(f"{prefix}/result.json"))
+        elif kio.exists(f"{prefix}/error.json"):
+            err = kio.read_json(f"{prefix}/error.json")
+            failures.append({"trial": i, "reason": err.get("reason"), "message": err.get("message")})
+        else:
+            failures.append({"trial": i, "reason": "NoResult", "message": f"trial {i} left no result"})
+    return results, failures
+
+
+def best_of(results: list[dict]) -> dict:
+    """Highest (or lowest, for loss metrics) score; ties go to the lowest trial index."""
+    best = results[0]
+    for r in results[1:]:
+        if better(r["score"], best["score"], r["metric"]):
+            best = r
+    return best
+
+
+def _read_model(best: dict) -> bytes:
+    data = kio.read(best["model"]["uri"])
+    from kiln_runtime.store import sha256_hex
+
+    if sha256_hex(data) != best["model"]["sha256"]:
+        raise SourceError(f"{best['model']['uri']}: digest mismatch with trial {best['trial']}'s result",
+                          reason="DigestMismatch")
+    return data
+
+
+def _refit(cfg: Config, prep, best: dict):
+    """The winning trial's model, trained again from its recorded parameters, split and seed."""
+    _, model = trial.train(cfg, prep, best["trial"], best["searchParams"])
+    return model
+
+
+def _same_metrics(best: dict, heldout: dict) -> None:
+    # The model about to be registered must be the one the trial scored: equal metrics on the same
+    # rows (to rounding, in case the pods' BLAS thread counts differ) prove it.
+    for name, value in best["metrics"].items():
+        got = heldout.get(name)
+        if got is None or not math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12):
+            raise NotReproducible(f"the winning trial {best['trial']} does not reproduce: {name} was {value!r} "
+                                  f"in the trial and is {got!r} now; is the estimator deterministic for a seed?")
+
+
+def run(cfg: Config) -> dict:
+    pipeline = cfg.pipeline
+    results, failures = collect(cfg)
+    counts = {"planned": search.planned_trials(pipeline), "succeeded": len(results), "failed": len(failures)}
+    base = {"command": "select", "trials": counts}
+    if not results:
+        first = failures[0] if failures else {"message": "no trials"}
+        raise NoSuccessfulTrials(f"none of the {counts['planned']} trial(s) succeeded; trial "
+                                 f"{first.get('trial')}: {first.get('reason')}: {first.get('message')}",
+                                 details={"trials": counts, "failures": failures[:10]})
+    best = best_of(results)
+    metric, metrics = best["metric"], best["metrics"]
+    base.update(bestTrial=best["trial"], metric=metric, score=best["score"])
+    failed = gates.check(metrics, pipeline.gates, metric=metric, beat_production_by=pipeline.beat_production_by,
+                         production=cfg.production)
+    if failed:
+        return {**base, "result": "GateFailed", "reason": "GateFailed", "gates": failed, "metrics": metrics,
+                "params": best["searchParams"],
+                "message": "quality gate failed: " + "; ".join(g["message"] for g in failed)}
+
+    # The winner's data must be the data the trials trained on.
+    if cfg.dataset_version is None:
+        cfg = _with_version(cfg, best["datasetVersion"])
+    elif cfg.dataset_version != best["datasetVersion"]:
+        raise DatasetChanged(f"trial {best['trial']} trained on dataset version {best['datasetVersion'][:12]}…, "
+                             f"the run is for {cfg.dataset_version[:12]}…")
+    prep = prepare(cfg)
+    fmt = pipeline.artifact_format
+    if best.get("model"):
+        model_bytes = _read_model(best)
+        model = artifacts.loads(model_bytes, best["model"]["format"])
+        if best["model"]["format"] != fmt:
+            model_bytes = artifacts.dumps(model, fmt)
+    else:
+        model = _refit(cfg, prep, best)
+        model_bytes = artifacts.dumps(model, fmt)
+    X_test, y_test = prep.split.X_test, prep.split.y_test
+    heldout = score(model, X_test, y_test, prep.task)
+    _same_metrics(best, heldout)
+    predictions = model.predict(X_test)
+
+    onnx = onnx_export.export(model, prep.features, X_test, prep.task)
+    sig = signature.build(prep.features, prep.target, model, prep.task, onnx.io if onnx.exported else None)
+    baseline = profile_frame(prep.typed, [{"name": c.name, "type": c.type} for c in prep.features],
+                             seed=pipeline.seed)
+    baseline["predictions"] = profile_column(
+        np.asarray(predictions), "category" if prep.task == "classification" else "number", seed=pipeline.seed)
+
+    out = f"{cfg.output}/model"
+    files = {}
+    model_name = artifacts.FILENAMES[fmt]
+    files[model_name] = {"uri": f"{out}/{model_name}", "sha256": kio.write(f"{out}/{model_name}", model_bytes)}
+    onnx_record = {"exported": onnx.exported, "parity": onnx.parity}
+    if onnx.exported:
+        uri = f"{out}/model.onnx"
+        files["model.onnx"] = {"uri": uri, "sha256": kio.write(uri, onnx.data)}
+        onnx_record.update(uri=uri, sha256=files["model.onnx"]["sha256"])
+    else:
+        onnx_record["reason"] = onnx.reason
+    metrics_doc = {"metric": metric, "score": best["score"], "heldOut": heldout, "cv": best.get("cv"),
+                   "bestTrial": best["trial"], "trials": counts,
+                   "allTrials": [{"trial": r["trial"], "score": r["score"], "searchParams": r["searchParams"]}
+                                 for r in results],
+                   "failedTrials": failures}
+    for name, doc in (("signature.json", sig), ("metrics.json", metrics_doc), ("baseline.json", baseline)):
+        files[name] = {"uri": f"{out}/{name}", "sha256": kio.write_json(f"{out}/{name}", doc)}
+
+    artifact = {"uri": files[model_name]["uri"], "sha256": files[model_name]["sha256"], "format": fmt,
+                "allowUnsafe": fmt == "joblib"}
+    if onnx.exported:
+        artifact["onnx"] = {"uri": onnx_record["uri"], "sha256": onnx_record["sha256"], "parityVerified": True}
+        if "maxProbabilityError" in onnx.parity:
+            artifact["onnx"]["maxProbabilityError"] = onnx.parity["maxProbabilityError"]
+    lineage = {k: v for k, v in cfg.lineage.items() if k in LINEAGE_KEYS and v is not None}
+    lineage["datasetVersion"] = prep.version
+    model_version = {
+        "artifact": artifact,
+        "framework": {"name": "scikit-learn", "version": best["sklearnVersion"]},
+        "signature": signature.for_model_version(sig),
+        "metrics": heldout,
+        "params": best["params"],
+        "lineage": lineage,
+        "baselineUri": files["baseline.json"]["uri"],
+    }
+    manifest_uri = f"{out}/manifest.json"
+    kio.write_json(manifest_uri, {"modelVersion": model_version, "files": files, "onnx": onnx_record,
+                                  "bestTrial": best["trial"], "metric": metric, "score": best["score"],
+                                  "trials": counts})
+    return {**base, "result": "Succeeded", "manifestUri": manifest_uri, "modelVersion": model_version,
+            "onnx": {k: v for k, v in onnx_record.items() if k in ("exported", "reason")},
+            "message": f"trial {best['trial']} selected: {metric} {best['score']:.6g} "
+                       f"({counts['succeeded']}/{counts['planned']} trials succeeded)"}
+
+
+def _with_version(cfg: Config, version: str) -> Config:
+    from dataclasses import replace
+
+    return replace(cfg, dataset_version=version)

@@ -1,0 +1,255 @@
+"""The job configuration kiln-train receives: plain JSON, the Dataset and TrainingPipeline specs as the
+apiserver stores them (camelCase), plus what the operator decided for this run.
+
+The runtime never imports the operator's models (DESIGN.md §3): this module reads the few fields it
+needs, applies the same defaults as the CRD schema (an operator that passes a spec the apiserver
+defaulted and one that passes a sparse spec get the same behaviour) and rejects what it cannot use with
+a message naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidSpec
+
+COLUMN_TYPES = ("number", "integer", "category", "boolean")
+CONFIG_ENV = "KILN_TRAIN_CONFIG"
+CONFIG_FILE_ENV = "KILN_TRAIN_CONFIG_FILE"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str, ...] | None = None
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    uri: str
+    format: str
+    target: str | None
+    columns: tuple[Column, ...]
+    min_rows: int = 1
+    max_null_fraction: float = 1.0
+
+    @property
+    def features(self) -> tuple[Column, ...]:
+        """Every schema column but the target, in schema order: the model's input signature."""
+        return tuple(c for c in self.columns if c.name != self.target)
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    estimator: str
+    params: dict[str, Any]
+    strategy: str = "random"
+    space: dict[str, list[Any]] = field(default_factory=dict)
+    trials: int = 1
+    metric: str | None = None
+    cv_folds: int = 0
+    test_fraction: float = 0.2
+    seed: int = 42
+    gates: tuple[Gate, ...] = ()
+    beat_production_by: float | None = None
+    artifact_format: str = "skops"
+    allow_unsafe_artifacts: bool = False
+    model_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetSpec
+    output: str
+    pipeline: PipelineSpec | None = None
+    dataset_version: str | None = None
+    production: dict[str, Any] | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    keep_trial_models: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidSpec(f"{where} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _num(value: Any, where: str, *, integer: bool = False) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidSpec(f"{where} must be a number, got {value!r}")
+    if integer and int(value) != value:
+        raise InvalidSpec(f"{where} must be an integer, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def parse_dataset(raw: dict[str, Any]) -> DatasetSpec:
+    source = _obj(raw.get("source"), "dataset.source")
+    uri = source.get("uri")
+    if not isinstance(uri, str) or "://" not in uri:
+        raise InvalidSpec(f"dataset.source.uri must be a URI (s3://, file://, https://), got {uri!r}")
+    fmt = source.get("format", "csv")
+    if fmt not in ("csv", "parquet"):
+        raise InvalidSpec(f"dataset.source.format must be csv or parquet, got {fmt!r}")
+    columns = []
+    raw_columns = _obj(raw.get("schema"), "dataset.schema").get("columns")
+    if not isinstance(raw_columns, list) or not raw_columns:
+        raise InvalidSpec("dataset.schema.columns must list at least one column")
+    seen = set()
+    for i, col in enumerate(raw_columns):
+        col = _obj(col, f"dataset.schema.columns[{i}]")
+        name, kind = col.get("name"), col.get("type")
+        if not isinstance(name, str) or not name:
+            raise InvalidSpec(f"dataset.schema.columns[{i}].name must be a non-empty string")
+        if name in seen:
+            raise InvalidSpec(f"dataset.schema.columns: column {name!r} appears twice")
+        seen.add(name)
+        if kind not in COLUMN_TYPES:
+            raise InvalidSpec(f"dataset.schema.columns[{i}] ({name}): type must be one of "
+                              f"{', '.join(COLUMN_TYPES)}, got {kind!r}")
+        allowed = col.get("allowed")
+        if allowed is not None:
+            if not isinstance(allowed, list):
+                raise InvalidSpec(f"dataset.schema.columns[{i}] ({name}): allowed must be a list")
+            allowed = tuple(str(v) for v in allowed)
+        columns.append(Column(
+            name=name, type=kind,
+            min=_num(col.get("min"), f"column {name}: min"), max=_num(col.get("max"), f"column {name}: max"),
+            allowed=allowed, nullable=bool(col.get("nullable", True)),
+        ))
+    target = raw.get("target")
+    if target is not None and (not isinstance(target, str) or not target):
+        raise InvalidSpec(f"dataset.target must be a column name, got {target!r}")
+    checks = _obj(raw.get("checks"), "dataset.checks")
+    min_rows = _num(checks.get("minRows", 1), "dataset.checks.minRows", integer=True)
+    max_null = _num(checks.get("maxNullFraction", 1.0), "dataset.checks.maxNullFraction")
+    if not 0 <= max_null <= 1:
+        raise InvalidSpec(f"dataset.checks.maxNullFraction must be within [0, 1], got {max_null}")
+    return DatasetSpec(uri=uri, format=fmt, target=target, columns=tuple(columns),
+                       min_rows=max(1, min_rows), max_null_fraction=max_null)
+
+
+def parse_pipeline(raw: dict[str, Any]) -> PipelineSpec:
+    est = _obj(raw.get("estimator"), "pipeline.estimator")
+    name = est.get("class")
+    if not isinstance(name, str) or not name:
+        raise InvalidSpec("pipeline.estimator.class must name an estimator")
+    params = _obj(est.get("params"), "pipeline.estimator.params")
+    search = _obj(raw.get("search"), "pipeline.search")
+    strategy = search.get("strategy", "random")
+    if strategy not in ("grid", "random"):
+        raise InvalidSpec(f"pipeline.search.strategy must be grid or random, got {strategy!r}")
+    space = _obj(search.get("space"), "pipeline.search.space")
+    for key, values in space.items():
+        if not isinstance(values, list) or not values:
+            raise InvalidSpec(f"pipeline.search.space.{key} must be a non-empty list of candidate values")
+    trials = _num(search.get("trials", 1), "pipeline.search.trials", integer=True)
+    cv = _num(search.get("cvFolds", 0), "pipeline.search.cvFolds", integer=True)
+    if trials < 1:
+        raise InvalidSpec(f"pipeline.search.trials must be at least 1, got {trials}")
+    if cv == 1 or cv < 0:
+        raise InvalidSpec(f"pipeline.search.cvFolds must be 0 (no cross-validation) or at least 2, got {cv}")
+    evaluation = _obj(raw.get("evaluation"), "pipeline.evaluation")
+    test_fraction = _num(evaluation.get("testFraction", 0.2), "pipeline.evaluation.testFraction")
+    if not 0 < test_fraction < 1:
+        raise InvalidSpec(f"pipeline.evaluation.testFraction must be within (0, 1), got {test_fraction}")
+    seed = _num(evaluation.get("seed", 42), "pipeline.evaluation.seed", integer=True)
+    gates_raw = _obj(raw.get("gates"), "pipeline.gates")
+    gates = []
+    for i, g in enumerate(gates_raw.get("metrics") or []):
+        g = _obj(g, f"pipeline.gates.metrics[{i}]")
+        if not isinstance(g.get("metric"), str):
+            raise InvalidSpec(f"pipeline.gates.metrics[{i}].metric must name a metric")
+        gate = Gate(g["metric"], _num(g.get("min"), f"gates.metrics[{i}].min"),
+                    _num(g.get("max"), f"gates.metrics[{i}].max"))
+        if gate.min is None and gate.max is None:
+            raise InvalidSpec(f"pipeline.gates.metrics[{i}] ({gate.metric}) needs min or max")
+        gates.append(gate)
+    fmt = raw.get("artifactFormat", "skops")
+    unsafe = bool(raw.get("allowUnsafeArtifacts", False))
+    if fmt not in ("skops", "joblib"):
+        raise InvalidSpec(f"pipeline.artifactFormat must be skops or joblib, got {fmt!r}")
+    if fmt == "joblib" and not unsafe:
+        raise InvalidSpec("pipeline.artifactFormat joblib executes code on load: set allowUnsafeArtifacts "
+                          "to opt in")
+    metric = search.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise InvalidSpec(f"pipeline.search.metric must be a metric name, got {metric!r}")
+    return PipelineSpec(
+        estimator=name, params=dict(params), strategy=strategy, space=dict(space), trials=trials,
+        metric=metric, cv_folds=cv, test_fraction=test_fraction, seed=seed, gates=tuple(gates),
+        beat_production_by=_num(gates_raw.get("beatProductionBy"), "pipeline.gates.beatProductionBy"),
+        artifact_format=fmt, allow_unsafe_artifacts=unsafe,
+        model_name=raw.get("modelName") if isinstance(raw.get("modelName"), str) else None,
+    )
+
+
+def parse(raw: Any, *, needs_pipeline: bool) -> Config:
+    raw = _obj(raw, "the configuration")
+    output = raw.get("output")
+    if not isinstance(output, str) or "://" not in output:
+        raise InvalidSpec(f"output must be a store prefix (s3://bucket/prefix or file:///path), got {output!r}")
+    if "dataset" not in raw:
+        raise InvalidSpec("the configuration has no 'dataset' (the Dataset's spec)")
+    dataset = parse_dataset(_obj(raw["dataset"], "dataset"))
+    pipeline = None
+    if needs_pipeline:
+        if "pipeline" not in raw:
+            raise InvalidSpec("the configuration has no 'pipeline' (the TrainingPipeline's spec)")
+        pipeline = parse_pipeline(_obj(raw["pipeline"], "pipeline"))
+        if dataset.target is None:
+            raise InvalidSpec("dataset.target is not set: training needs a label column")
+    version = raw.get("datasetVersion")
+    if version is not None and not isinstance(version, str):
+        raise InvalidSpec(f"datasetVersion must be a sha256 string, got {version!r}")
+    production = raw.get("production")
+    if production is not None:
+        production = _obj(production, "production")
+        if not isinstance(production.get("metrics", {}), dict):
+            raise InvalidSpec("production.metrics must be an object of metric name to value")
+    return Config(dataset=dataset, output=output.rstrip("/"), pipeline=pipeline,
+                  dataset_version=version.lower().removeprefix("sha256:") if version else None,
+                  production=production, lineage=_obj(raw.get("lineage"), "lineage"),
+                  keep_trial_models=bool(raw.get("keepTrialModels", False)), raw=raw)
+
+
+def load_raw(path: str | None, env: dict[str, str] | None = None) -> Any:
+    """The configuration JSON from `--config PATH`, `$KILN_TRAIN_CONFIG_FILE` or `$KILN_TRAIN_CONFIG`."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_FILE_ENV)
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise InvalidSpec(f"cannot read the configuration file {path}: {exc.strerror or exc}") from exc
+        where = path
+    elif env.get(CONFIG_ENV):
+        text, where = env[CONFIG_ENV], f"${CONFIG_ENV}"
+    else:
+        raise InvalidSpec(f"no configuration: pass --config PATH, or set {CONFIG_FILE_ENV} or {CONFIG_ENV}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidSpec(f"the configuration in {where} is not JSON: {exc}") from exc
