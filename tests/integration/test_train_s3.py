@@ -1,0 +1,242 @@
+"""kiln-train against a real S3 API server on loopback: moto's standalone server in its own process,
+with IAM authentication switched on, so wrong credentials are refused by the server itself.
+
+The main flow runs the `kiln-train` console script as subprocesses, the way pods run it: dataset
+validation, an 4-trial random search two at a time, selection. The bad-input cases call the same entry
+point in-process (same code, same server, less interpreter start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import numpy as np
+import onnxruntime as ort
+import pytest
+from sklearn import datasets
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import accuracy_score
+from sklearn.model_selection import train_test_split
+
+from kiln_runtime.store import sha256_hex
+from kiln_runtime.train import artifacts, cli, onnx_export, spec
+
+BUCKET = "kiln-artifacts"
+KILN_TRAIN = str(Path(sys.executable).with_name("kiln-train"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one IAM user allowed s3:*; yields the env a pod would get."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    # The first three requests (create user, key, policy) go unauthenticated; every later one is
+    # checked against IAM like real S3.
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(f"moto server did not start on {url}")
+                time.sleep(0.1)
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="kiln")
+        key = iam.create_access_key(UserName="kiln")["AccessKey"]
+        iam.put_user_policy(UserName="kiln", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        env = {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        client.create_bucket(Bucket=BUCKET)
+        yield {"env": env, "client": client, "url": url}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _iris_csv() -> tuple[bytes, dict]:
+    bunch = datasets.load_iris(as_frame=True)
+    frame = bunch.data.copy()
+    frame.columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    frame["species"] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
+    schema = {"columns": [{"name": c, "type": "number", "min": 0, "max": 20, "nullable": False}
+                          for c in frame.columns[:4]]
+              + [{"name": "species", "type": "category", "allowed": list(bunch.target_names), "nullable": False}]}
+    return frame.to_csv(index=False).encode(), {"target": "species", "schema": schema, "checks": {"minRows": 100}}
+
+
+PIPELINE = {"modelName": "iris", "estimator": {"class": "RandomForestClassifier", "params": {"random_state": 0}},
+            "search": {"strategy": "random", "trials": 4, "parallelism": 2, "metric": "accuracy",
+                       "space": {"n_estimators": [10, 25, 50], "max_depth": [2, 4, 8]}},
+            "evaluation": {"testFraction": 0.25, "seed": 7},
+            "gates": {"metrics": [{"metric": "accuracy", "min": 0.9}]}}
+
+
+def _get(s3, key: str) -> bytes:
+    return s3["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _spawn(s3, command: str, cfg_path: Path, term: Path, index: int | None = None) -> subprocess.Popen:
+    env = {**os.environ, **s3["env"], "KILN_TRAIN_CONFIG_FILE": str(cfg_path), "KILN_TERMINATION_LOG": str(term)}
+    if index is not None:
+        env["JOB_COMPLETION_INDEX"] = str(index)
+    return subprocess.Popen([KILN_TRAIN, command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen, term: Path) -> dict:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    summary = json.loads(term.read_bytes())
+    assert json.loads(out.decode().strip().splitlines()[-1]) == summary  # also the last log line
+    return summary
+
+
+def test_validate_search_and_select_through_s3(s3, tmp_path):
+    data, dataset = _iris_csv()
+    s3["client"].put_object(Bucket=BUCKET, Key="data/iris.csv", Body=data)
+    dataset["source"] = {"uri": f"s3://{BUCKET}/data/iris.csv", "format": "csv"}
+
+    # Dataset validation: version = sha256 of the object, profile stored by version.
+    vcfg = tmp_path / "validate.json"
+    vcfg.write_text(json.dumps({"dataset": dataset, "output": f"s3://{BUCKET}/datasets/default/iris"}))
+    v = _finish(_spawn(s3, "validate-dataset", vcfg, tmp_path / "v.log"), tmp_path / "v.log")
+    assert v["result"] == "Succeeded" and v["version"] == sha256_hex(data) and v["rows"] == 150
+    profile = json.loads(_get(s3, v["profileUri"].split("/", 3)[3]))
+    assert list(profile["columns"]) == ["sepal_length", "sepal_width", "petal_length", "petal_width", "species"]
+    assert profile["columns"]["species"]["categories"] == pytest.approx(
+        {"setosa": 1 / 3, "versicolor": 1 / 3, "virginica": 1 / 3})
+
+    # The run: an Indexed Job's four completions, two at a time, then the selection step.
+    run = f"s3://{BUCKET}/runs/default/iris-forest/r1"
+    cfg = {"dataset": dataset, "datasetVersion": v["version"], "pipeline": PIPELINE, "output": run,
+           "lineage": {"pipeline": "iris-forest", "run": "r1", "dataset": "iris"}}
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(cfg))
+    trials = {}
+    for batch in ((0, 1), (2, 3)):
+        procs = {i: _spawn(s3, "trial", cfg_path, tmp_path / f"t{i}.log", index=i) for i in batch}
+        trials.update({i: _finish(p, tmp_path / f"t{i}.log") for i, p in procs.items()})
+    assert [trials[i]["trial"] for i in range(4)] == [0, 1, 2, 3]
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials.values()}) == 4  # distinct draws
+    sel = _finish(_spawn(s3, "select", cfg_path, tmp_path / "s.log"), tmp_path / "s.log")
+    assert sel["result"] == "Succeeded", sel
+    best = max(range(4), key=lambda i: (trials[i]["score"], -i))
+    assert sel["bestTrial"] == best
+
+    # Metrics equal a direct scikit-learn computation on the same split and seed.
+    params = trials[best]["params"]
+    X, y = datasets.load_iris(return_X_y=True)
+    y = np.asarray(datasets.load_iris().target_names)[y]
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=7, stratify=y)
+    direct = RandomForestClassifier(random_state=0, **params).fit(X_train, y_train)
+    mv = sel["modelVersion"]
+    assert mv["metrics"]["accuracy"] == accuracy_score(y_test, direct.predict(X_test))
+    assert mv["lineage"] == {"pipeline": "iris-forest", "run": "r1", "dataset": "iris", "datasetVersion": v["version"]}
+
+    # The artifacts in S3 are the ones the summary names, byte for byte; skops and ONNX agree.
+    key = lambda uri: uri.split("/", 3)[3]  # noqa: E731
+    model_bytes = _get(s3, key(mv["artifact"]["uri"]))
+    assert sha256_hex(model_bytes) == mv["artifact"]["sha256"]
+    onnx_bytes = _get(s3, key(mv["artifact"]["onnx"]["uri"]))
+    assert sha256_hex(onnx_bytes) == mv["artifact"]["onnx"]["sha256"]
+    model = artifacts.loads(model_bytes, "skops")
+    import pandas as pd
+
+    frame = pd.DataFrame(X_test, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    features = spec.parse_dataset(dataset).features
+    labels, _ = session.run(None, onnx_export.feeds(session, features, frame))
+    assert labels.tolist() == model.predict(frame).tolist() == direct.predict(X_test).tolist()
+    manifest = json.loads(_get(s3, key(sel["manifestUri"])))
+    assert manifest["modelVersion"] == mv and set(manifest["files"]) == {
+        "model.skops", "model.onnx", "signature.json", "metrics.json", "baseline.json"}
+
+    # A changed source is a new version, profiled beside the old one; the old run refuses it.
+    changed = data + b"5.0,3.0,1.5,0.2,setosa\n"
+    s3["client"].put_object(Bucket=BUCKET, Key="data/iris.csv", Body=changed)
+    v2 = _finish(_spawn(s3, "validate-dataset", vcfg, tmp_path / "v2.log"), tmp_path / "v2.log")
+    assert v2["version"] == sha256_hex(changed) != v["version"] and v2["rows"] == 151
+    assert v2["profileUri"] != v["profileUri"]
+
+
+@pytest.fixture
+def in_process(s3, tmp_path, monkeypatch):
+    for k, v in s3["env"].items():
+        monkeypatch.setenv(k, v)
+    term = tmp_path / "term.log"
+    monkeypatch.setenv("KILN_TERMINATION_LOG", str(term))
+    data, dataset = _iris_csv()
+    s3["client"].put_object(Bucket=BUCKET, Key="data/iris-fixed.csv", Body=data)
+    dataset["source"] = {"uri": f"s3://{BUCKET}/data/iris-fixed.csv", "format": "csv"}
+    small = {**PIPELINE, "search": {**PIPELINE["search"], "trials": 1}}
+
+    def run(command, index=0, **overrides):
+        # boto3's default session resolves credentials once per process; a pod's never change, but
+        # these tests change them between runs.
+        boto3.DEFAULT_SESSION = None
+        cfg = {"dataset": dataset, "pipeline": small, "output": f"s3://{BUCKET}/runs/{tmp_path.name}", **overrides}
+        path = tmp_path / "cfg.json"
+        path.write_text(json.dumps(cfg))
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
+        code = cli.main([command, "--config", str(path)])
+        return code, json.loads(term.read_bytes())
+
+    run.dataset, run.data = dataset, data
+    return run
+
+
+def test_a_rerun_reproduces_the_metrics(in_process):
+    code1, first = in_process("trial")
+    code2, second = in_process("trial", output=f"s3://{BUCKET}/runs/rerun")
+    assert code1 == code2 == 0 and first["metrics"] == second["metrics"] and first["params"] == second["params"]
+
+
+def test_wrong_credentials_are_refused_without_leaking_the_secret(in_process, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-x9")
+    code, s = in_process("validate-dataset")
+    assert code == 10 and s["reason"] == "AccessDenied" and "SignatureDoesNotMatch" in s["message"]
+    assert "not-the-secret-x9" not in json.dumps(s)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOBODY")
+    code, s = in_process("trial")
+    assert code == 10 and s["reason"] == "AccessDenied" and "InvalidAccessKeyId" in s["message"]
+
+
+def test_missing_objects_and_an_unreachable_endpoint(in_process, monkeypatch):
+    gone = {**in_process.dataset, "source": {"uri": f"s3://{BUCKET}/data/nope.csv", "format": "csv"}}
+    code, s = in_process("validate-dataset", dataset=gone)
+    assert code == 10 and s["reason"] == "SourceNotFound" and "nope.csv" in s["message"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    code, s = in_process("validate-dataset")
+    assert code == 11 and s["reason"] == "SourceUnreachable" and "unreachable" in s["message"]
+
+
+def test_a_trial_refuses_data_that_changed_since_validation(in_process):
+    code, s = in_process("trial", datasetVersion="0" * 64)
+    assert code == 10 and s["reason"] == "DatasetChanged" and "content changed since validation" in s["message"]
