@@ -1,0 +1,224 @@
+"""The data plane: routes a parsed request to its endpoint, once for both protocols.
+
+The two prediction URLs of the served model are compared as whole byte strings first, so the hot
+path costs two comparisons; everything else (metadata, health, metrics, other models' names, query
+strings, percent-encoding) goes through `_route`. Answers that never change (metadata, the OpenAPI
+document) are rendered once at start.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote_to_bytes
+
+import orjson
+
+from . import codec_v1, codec_v2
+from .batching import Batcher, Item
+from .errors import BadRequest, ClientError, MethodNotAllowed, NotFound
+from .http import JSON_HEADERS
+from .metrics import V1, V2
+from .openapi import document as openapi_document
+from .signature import BOOLEAN, CATEGORY, INTEGER
+
+log = logging.getLogger("kiln.serve")
+
+_TEXT_METRICS = b"content-type: text/plain; version=0.0.4; charset=utf-8\r\n"
+_v1_encode, _v2_encode = codec_v1.encode, codec_v2.encode
+
+
+def _allow(methods: str) -> bytes:
+    return JSON_HEADERS + b"allow: " + methods.encode() + b"\r\n"
+
+
+class App:
+    def __init__(self, settings, sig, runtime, metrics, drift, loop, server_version: str):
+        self.name, self.version = settings.model_name, settings.model_version
+        self.sig, self.runtime, self.metrics, self.drift = sig, runtime, metrics, drift
+        self.max_payload = settings.max_payload_bytes
+        self.connections: set = set()
+        self.draining = False
+        self.on_idle = None  # set while draining: called when a connection closes
+        self.batcher = Batcher(loop, runtime, sig, metrics, drift, settings.max_batch_size,
+                               settings.max_latency_ms / 1000.0)
+        self.v2 = codec_v2.Decoder(self.name, self.version, sig, runtime.has_proba)
+        self._submit = self.batcher.submit
+        self._v1_decode = codec_v1.decode
+        name = self.name.encode()
+        self.v1_predict_url = b"/v1/models/" + name + b":predict"
+        self.v2_infer_url = b"/v2/models/" + name + b"/infer"
+        self._static = self._render_static(server_version)
+
+    # --- dispatch ---------------------------------------------------------------------------------
+
+    def handle(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
+        try:
+            if url == self.v1_predict_url:
+                slot.protocol = V1
+                if method != b"POST":
+                    raise MethodNotAllowed(f"{url.decode()} takes POST", "POST")
+                self._v1_predict(conn, slot, body)
+            elif url == self.v2_infer_url:
+                slot.protocol = V2
+                if method != b"POST":
+                    raise MethodNotAllowed(f"{url.decode()} takes POST", "POST")
+                self._v2_infer(conn, slot, body, header_len)
+            else:
+                self._route(conn, slot, method, url, body, header_len)
+        except ClientError as exc:
+            headers = _allow(exc.allow) if isinstance(exc, MethodNotAllowed) else JSON_HEADERS
+            conn.fail(slot, exc.status, str(exc), headers)
+        except Exception:
+            log.exception("unexpected error on %s %s", method.decode(errors="replace"),
+                          url[:200].decode(errors="replace"))
+            conn.fail(slot, 500, "internal error")
+
+    def _v1_predict(self, conn, slot, body: bytes) -> None:
+        rows, x, n, proba = self._v1_decode(body, self.sig)
+        if proba and not self.runtime.has_proba:
+            raise BadRequest("this model has no probabilities (a regressor, or a classifier without "
+                             "predict_proba)")
+        self._submit(Item(conn, slot, rows, x, n, _v1_encode, proba, "instances"))
+
+    def _v2_infer(self, conn, slot, body: bytes, header_len) -> None:
+        rows, x, n, proba, ctx = self.v2.decode(body, header_len)
+        self._submit(Item(conn, slot, rows, x, n, _v2_encode, proba, "inputs[0].data", ctx))
+
+    def _route(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
+        path = url.split(b"?", 1)[0]
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        if len(path) > 1 and path.endswith(b"/"):
+            path = path[:-1]
+        if path.startswith(b"/v1/"):
+            slot.protocol = V1
+            self._route_v1(conn, slot, method, path, body)
+        elif path == b"/v2" or path.startswith(b"/v2/"):
+            slot.protocol = V2
+            self._route_v2(conn, slot, method, path, body, header_len)
+        else:
+            static = self._static.get(path)
+            if static is None:
+                raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
+            self._get(method)
+            if path == b"/metrics":
+                conn.respond(slot, 200, self.metrics.render(), _TEXT_METRICS)
+            else:
+                conn.respond(slot, 200, static)
+
+    def _route_v1(self, conn, slot, method, path: bytes, body: bytes) -> None:
+        if path == b"/v1/models":
+            self._get(method)
+            conn.respond(slot, 200, self._static[b"v1-models"])
+            return
+        if not path.startswith(b"/v1/models/"):
+            raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
+        rest = path[len(b"/v1/models/"):]
+        name, sep, verb = rest.partition(b":")
+        self._model(name)
+        if not sep:
+            self._get(method)
+            conn.respond(slot, 200, self._static[b"v1-model"])
+        elif verb == b"predict":
+            if method != b"POST":
+                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._v1_predict(conn, slot, body)
+        else:
+            raise NotFound(f"no such verb :{verb[:50].decode(errors='replace')}; V1 serves :predict")
+
+    def _route_v2(self, conn, slot, method, path: bytes, body: bytes, header_len) -> None:
+        if path == b"/v2":
+            self._get(method)
+            conn.respond(slot, 200, self._static[b"v2"])
+            return
+        if path == b"/v2/health/live":
+            self._get(method)
+            conn.respond(slot, 200, b'{"live":true}')
+            return
+        if path == b"/v2/health/ready":
+            self._get(method)
+            if self.draining:
+                conn.respond(slot, 503, b'{"ready":false}')
+            else:
+                conn.respond(slot, 200, b'{"ready":true}')
+            return
+        if not path.startswith(b"/v2/models/"):
+            raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
+        parts = path[len(b"/v2/models/"):].split(b"/")
+        self._model(parts[0])
+        parts = parts[1:]
+        if len(parts) >= 2 and parts[0] == b"versions":
+            if parts[1].decode(errors="replace") != self.version:
+                raise NotFound(f"model {self.name!r} has no version {parts[1][:50].decode(errors='replace')!r}; "
+                               f"this server serves version {self.version!r}")
+            parts = parts[2:]
+        if not parts:
+            self._get(method)
+            conn.respond(slot, 200, self._static[b"v2-model"])
+        elif parts == [b"ready"]:
+            self._get(method)
+            conn.respond(slot, 503 if self.draining else 200,
+                         b'{"name":' + orjson.dumps(self.name) + (b',"ready":false}' if self.draining
+                                                                  else b',"ready":true}'))
+        elif parts == [b"infer"]:
+            if method != b"POST":
+                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._v2_infer(conn, slot, body, header_len)
+        elif parts == [b"config"]:
+            self._get(method)
+            conn.respond(slot, 200, self._static[b"v2-config"])
+        else:
+            raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
+
+    def _model(self, name: bytes) -> None:
+        if name != self.name.encode():
+            raise NotFound(f"model {name[:100].decode(errors='replace')!r} is not served here; "
+                           f"this server serves {self.name!r}")
+
+    @staticmethod
+    def _get(method: bytes) -> None:
+        if method != b"GET":
+            raise MethodNotAllowed(f"this endpoint takes GET, not {method.decode(errors='replace')}")
+
+    # --- answers rendered once ----------------------------------------------------------------------
+
+    def _render_static(self, server_version: str) -> dict[bytes, bytes]:
+        sig, runtime = self.sig, self.runtime
+        platform = "onnxruntime_onnx" if runtime.kind == "onnx" else "scikit-learn"
+        if sig.numeric:
+            inputs = [{"name": "input-0", "datatype": "FP64", "shape": [-1, sig.width]}]
+        else:
+            dt = {CATEGORY: "BYTES", BOOLEAN: "BOOL", INTEGER: "INT64"}
+            inputs = [{"name": f.name, "datatype": dt.get(f.type, "FP64"), "shape": [-1]} for f in sig.features]
+        classes = list(runtime.classes) if runtime.classes is not None else None
+        outputs = [{"name": "predict", "datatype": runtime.label_datatype, "shape": [-1]}]
+        if runtime.has_proba:
+            outputs.append({"name": "probabilities", "datatype": "FP32",
+                            "shape": [-1, len(classes) if classes else -1]})
+        features = [{"name": f.name, "type": f.type} for f in sig.features]
+        model_meta = {"name": self.name, "versions": [self.version], "platform": platform,
+                      "inputs": inputs, "outputs": outputs,
+                      "parameters": {"features": features, "classes": classes}}
+        dumps = orjson.dumps
+        return {
+            b"v1-models": dumps({"models": [self.name]}),
+            b"v1-model": dumps({"name": self.name, "ready": True, "version": self.version,
+                                "features": features, "classes": classes}),
+            b"v2": dumps({"name": "kiln-serve", "version": server_version,
+                          "extensions": ["binary_tensor_data", "model_configuration"]}),
+            b"v2-model": dumps(model_meta),
+            b"v2-config": dumps({"name": self.name, "platform": platform,
+                                 "max_batch_size": self.batcher.max_rows,
+                                 "input": inputs, "output": outputs}),
+            b"/openapi.json": dumps(openapi_document(self.name, self.version, sig, runtime.has_proba)),
+            b"/metrics": b"",
+            b"/": dumps({"name": "kiln-serve", "model": self.name, "version": self.version,
+                         "endpoints": ["/v1/models", f"/v1/models/{self.name}:predict", "/v2",
+                                       f"/v2/models/{self.name}/infer", "/metrics", "/openapi.json"]}),
+        }
+
+    # --- shutdown -----------------------------------------------------------------------------------
+
+    def connection_closed(self) -> None:
+        if self.on_idle is not None:
+            self.on_idle()

@@ -1,0 +1,200 @@
+"""Processes, sockets, signals: one event loop per worker, and the graceful shutdown.
+
+One worker (the default) serves in the main process. With KILN_WORKERS > 1 the main process forks
+the workers after verifying the artifacts (each builds its own runtime: onnxruntime sessions are not
+meant to cross a fork); every worker binds the port with SO_REUSEPORT, so the kernel spreads
+connections over them without an accept lock, and the main process only forwards signals and reaps.
+
+SIGTERM (what the kubelet sends): stop accepting, mark not ready, close idle keep-alive connections,
+answer every request already received (each with `Connection: close`), flush the drift hand-off, exit
+0; connections still busy after KILN_SHUTDOWN_TIMEOUT_S are cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+
+from . import loader
+from .app import App
+from .drift import DriftTap
+from .errors import LoadError
+from .http import Connection
+from .metrics import Metrics, SharedRows
+
+log = logging.getLogger("kiln.serve")
+
+_SHARED_WIDTH = 4096  # numbers per worker row: the layout's size, with room for many classes
+_PUBLISH_INTERVAL_S = 1.0
+
+
+def make_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def serve_worker(settings, artifacts, version: str, reuse_port: bool = False,
+                 shared: SharedRows | None = None, slot: int = 0) -> int:
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    runtime = loader.build(settings, artifacts)
+    digest = settings.onnx_sha256 if runtime.kind == "onnx" else settings.model_sha256
+    fmt = "onnx" if runtime.kind == "onnx" else settings.model_format
+    metrics = Metrics(settings.model_name, settings.model_version, digest, runtime.kind, fmt,
+                      runtime.classes if artifacts.signature.output == "label" else None,
+                      shared=shared, slot=slot)
+    if shared is not None and metrics.layout.size > shared.width:
+        raise LoadError(f"too many classes for the metrics layout ({metrics.layout.size} > {shared.width})")
+    drift = None
+    if settings.handoff_socket:
+        drift = DriftTap(settings.handoff_socket, settings.model_name, settings.model_version,
+                         artifacts.signature, settings.handoff_frame_rows)
+        metrics.handoff = drift.sender
+    app = App(settings, artifacts.signature, runtime, metrics, drift, loop, version)
+    # Everything built so far lives as long as the process: move it out of the garbage collector's
+    # reach, so collections triggered by per-request objects do not rescan the model and libraries.
+    gc.collect()
+    gc.freeze()
+    # Listen only now: a connection accepted before the model is ready would wait unanswered.
+    sock = make_socket(settings.host, settings.port, reuse_port)
+    try:
+        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, runtime, digest, slot))
+    finally:
+        loop.close()
+
+
+async def _lifecycle(loop, app: App, sock, settings, runtime, digest: str, slot: int) -> int:
+    server = await loop.create_server(lambda: Connection(app), sock=sock, backlog=4096)
+    stopping = loop.create_future()
+
+    def stop(signame: str):
+        if not stopping.done():
+            stopping.set_result(signame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig.name)
+    if app.drift is not None:
+        app.drift.start(loop)
+
+    def publish():
+        app.metrics.publish()
+        loop.call_later(_PUBLISH_INTERVAL_S, publish)
+
+    publish()
+    if slot == 0:
+        host, port = sock.getsockname()[:2]
+        log.info("serving model %s version %s (%s, sha256 %s) on %s:%d: %d worker(s), batches up to %d rows "
+                 "within %.1f ms, drift hand-off %s", settings.model_name, settings.model_version, runtime.kind,
+                 digest[:12], host, port, settings.workers, settings.max_batch_size, settings.max_latency_ms,
+                 settings.handoff_socket or "off")
+    signame = await stopping
+    busy = sum(1 for c in app.connections if not c.idle())
+    log.info("%s: draining (%d connections, %d busy)", signame, len(app.connections), busy)
+    app.draining = True
+    app.batcher.draining = True
+    server.close()
+    # One more pass of the loop first: requests whose bytes already sit in a socket's buffer are
+    # read (and so answered) instead of being cut with the idle connection they arrived on.
+    await asyncio.sleep(0.01)
+    drained = loop.create_future()
+
+    def check_idle():
+        if not app.connections and not drained.done():
+            drained.set_result(None)
+
+    app.on_idle = check_idle
+    for conn in list(app.connections):
+        conn.drain()
+    if app.batcher.queue:
+        app.batcher.flush()
+    check_idle()
+    code = 0
+    try:
+        await asyncio.wait_for(asyncio.shield(drained), timeout=settings.shutdown_timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("%d connections still busy after %.0f s; closing them", len(app.connections),
+                    settings.shutdown_timeout_s)
+        for conn in list(app.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        code = 0
+    if app.drift is not None:
+        app.drift.close()
+    app.metrics.publish()
+    log.info("drained; exiting")
+    return code
+
+
+def run(settings, artifacts, version: str) -> int:
+    if settings.workers == 1:
+        return serve_worker(settings, artifacts, version)
+    return _run_workers(settings, artifacts, version)
+
+
+def _run_workers(settings, artifacts, version: str) -> int:
+    shared = SharedRows(settings.workers, _SHARED_WIDTH)
+    children: dict[int, int] = {}
+    for slot in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = serve_worker(settings, artifacts, version, True, shared, slot)
+            except LoadError as exc:
+                log.error("refusing to serve: %s", exc)
+                code = 3
+            except BaseException:
+                log.exception("worker %d failed", slot)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = slot
+    stopping = False
+
+    def forward(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for child in list(children):
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    result = 0
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and not stopping:
+            # A worker died: the pod is no longer what it claims to be; stop it all and let the
+            # kubelet restart it rather than serve on with fewer workers.
+            log.error("worker pid %d exited with %d; stopping the server", pid, code)
+            result = code if code > 0 else 1
+            forward(signal.SIGTERM, None)
+        elif code != 0:
+            result = result or (code if code > 0 else 0)
+    sys.stdout.flush()
+    return result

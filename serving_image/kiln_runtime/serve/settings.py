@@ -1,0 +1,141 @@
+"""kiln-serve's configuration: environment variables only, read once at start.
+
+The operator sets these from the ModelVersion and the InferenceService (docs/pod-contract.md, section
+"kiln-serve", is the one table of them). A bad value stops the server before it listens, with one
+line naming the variable, so a misconfigured pod fails its rollout instead of serving wrongly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kiln_runtime.handoff import DEFAULT_SOCKET
+
+PREFIX = "KILN_"
+
+
+class SettingsError(ValueError):
+    """A variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_name: str
+    model_version: str
+    model_uri: str
+    model_sha256: str
+    model_format: str  # skops | joblib
+    onnx_uri: str | None
+    onnx_sha256: str | None
+    signature: str  # inline JSON, or a URI to signature.json
+    signature_sha256: str | None
+    allow_unsafe: bool
+    host: str
+    port: int
+    workers: int
+    max_batch_size: int
+    max_latency_ms: float
+    max_payload_bytes: int
+    handoff_socket: str | None  # None: hand-off switched off explicitly
+    handoff_frame_rows: int
+    shutdown_timeout_s: float
+    log_level: str
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _get(env: dict[str, str], name: str, default: str | None = None) -> str:
+    value = env.get(PREFIX + name)
+    if value is None or value == "":
+        if default is None:
+            raise SettingsError(f"{PREFIX}{name} is required")
+        return default
+    return value
+
+
+def _int(env, name, default: int, low: int, high: int) -> int:
+    raw = _get(env, name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{PREFIX}{name}={value} is outside [{low}, {high}]")
+    return value
+
+
+def _float(env, name, default: float, low: float, high: float) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{PREFIX}{name}={value} is outside [{low}, {high}]")
+    return value
+
+
+def _bool(env, name, default: bool) -> bool:
+    raw = env.get(PREFIX + name)
+    if raw is None:
+        return default
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise SettingsError(f"{PREFIX}{name}={raw!r} is not a boolean (true/false)")
+
+
+def _digest(env, name, required: bool) -> str | None:
+    raw = env.get(PREFIX + name, "").strip().lower().removeprefix("sha256:")
+    if not raw:
+        if required:
+            raise SettingsError(f"{PREFIX}{name} is required (the artifact's sha256)")
+        return None
+    if len(raw) != 64 or any(c not in "0123456789abcdef" for c in raw):
+        raise SettingsError(f"{PREFIX}{name} is not a sha256 hex digest")
+    return raw
+
+
+def load(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    fmt = _get(env, "MODEL_FORMAT", "skops").lower()
+    if fmt not in ("skops", "joblib"):
+        raise SettingsError(f"{PREFIX}MODEL_FORMAT={fmt!r}: supported formats are skops and joblib")
+    onnx_uri = env.get(PREFIX + "ONNX_URI") or None
+    onnx_sha = _digest(env, "ONNX_SHA256", required=onnx_uri is not None)
+    if onnx_sha and not onnx_uri:
+        raise SettingsError(f"{PREFIX}ONNX_SHA256 is set without {PREFIX}ONNX_URI")
+    # The hand-off is on by default (the sidecar is part of every served pod); "off" is the only way
+    # to switch it off, so an unset variable never silently disables drift monitoring.
+    handoff = env.get(PREFIX + "HANDOFF_SOCKET", DEFAULT_SOCKET)
+    handoff = None if handoff.strip().lower() in ("off", "none", "") else handoff
+    log_level = _get(env, "LOG_LEVEL", "info").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"{PREFIX}LOG_LEVEL={log_level!r}: use debug, info, warning or error")
+    return Settings(
+        model_name=_get(env, "MODEL_NAME"),
+        model_version=_get(env, "MODEL_VERSION", "1"),
+        model_uri=_get(env, "MODEL_URI"),
+        model_sha256=_digest(env, "MODEL_SHA256", required=True),
+        model_format=fmt,
+        onnx_uri=onnx_uri,
+        onnx_sha256=onnx_sha,
+        signature=_get(env, "SIGNATURE"),
+        signature_sha256=_digest(env, "SIGNATURE_SHA256", required=False),
+        allow_unsafe=_bool(env, "ALLOW_UNSAFE", False),
+        host=_get(env, "HOST", "0.0.0.0"),
+        port=_int(env, "PORT", 8080, 0, 65535),
+        workers=_int(env, "WORKERS", 1, 1, 64),
+        max_batch_size=_int(env, "MAX_BATCH_SIZE", 64, 1, 65536),
+        max_latency_ms=_float(env, "MAX_LATENCY_MS", 2.0, 0.0, 10_000.0),
+        max_payload_bytes=_int(env, "MAX_PAYLOAD_BYTES", 8 * 1024 * 1024, 1024, 1 << 31),
+        handoff_socket=handoff,
+        handoff_frame_rows=_int(env, "HANDOFF_FRAME_ROWS", 256, 1, 1 << 20),
+        shutdown_timeout_s=_float(env, "SHUTDOWN_TIMEOUT_S", 25.0, 0.0, 3600.0),
+        log_level=log_level,
+    )
