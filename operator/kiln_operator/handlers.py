@@ -11,10 +11,14 @@ from typing import Any
 
 import kopf
 
-from . import config, events, inference, k8s
-from .api import GROUP, KINDS, VERSION
+from . import config, datasets, events, inference, k8s, pipelines, registry
+from .api import GROUP, VERSION
 from .api.kinds import API_VERSION, Kind, kind_by_name
-from .builders import serving
+from .builders import serving, training
+from .builders.meta import LABEL_OWNER
+from .conditions import now_rfc3339
+from .jobs import JobView, termination_summaries
+from .plan import Plan
 from .reconcile import decide, is_news, status_patch
 
 CONFIG = config.from_env()
@@ -30,23 +34,6 @@ def _validate(kind: Kind, body: dict[str, Any], patch: kopf.Patch, logger: Any) 
         events.post(body, "Warning", outcome.reason, outcome.message)
         logger.warning(f"{kind.kind} {outcome.reason}: {outcome.message}")
     return False
-
-
-def _register_accepting(kind: Kind) -> None:
-    """Kinds whose work arrives with later issues: a valid spec is reported as accepted."""
-
-    def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-        plain = dict(body)
-        outcome = decide(kind, plain)
-        if not is_news(plain, outcome):
-            return
-        patch.status.update(status_patch(plain, outcome))
-        events.post(plain, "Warning" if outcome.warning else "Normal", outcome.reason, outcome.message)
-        logger.info(f"{kind.kind} Ready={outcome.ready} reason={outcome.reason}: {outcome.message}")
-
-    reconcile.__name__ = f"reconcile_{kind.singular}"
-    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(GROUP, VERSION, kind.plural, id="reconcile")(reconcile)
 
 
 ISVC = kind_by_name("InferenceService")
@@ -68,10 +55,9 @@ def observe_inference(isvc: dict[str, Any]) -> inference.Observed:
     )
 
 
-def reconcile_inference(body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
-    if not _validate(ISVC, body, patch, logger):
-        return
-    result = inference.plan(body, observe_inference(body), CONFIG)
+def act(body: dict[str, Any], result: Plan, patch: kopf.Patch, logger: Any,
+        always_post: tuple[str, ...] = ()) -> None:
+    """Carries out a plan: apply and delete children, write the status that changed, post Events."""
     for manifest in result.apply:
         k8s.apply(manifest)
     for api_version, kind, name in result.delete:
@@ -83,10 +69,18 @@ def reconcile_inference(body: dict[str, Any], patch: kopf.Patch, logger: Any) ->
         patch.status.update({**update, "conditions": conditions,
                              "observedGeneration": body["metadata"].get("generation")})
     for type_, reason, message in result.events:
-        # Plan events repeat while a state lasts; post them only when their condition is news.
-        if reason in ("RolledOut", "RolledBack") or "Ready" in changed:
+        # A plan repeats its events while a state lasts; only news (a changed condition, or a
+        # transition event) is posted, so a timer never floods the namespace.
+        if changed or reason in always_post:
             events.post(body, type_, reason, message)
             logger.info(f"{reason}: {message}")
+
+
+def reconcile_inference(body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
+    if not _validate(ISVC, body, patch, logger):
+        return
+    act(body, inference.plan(body, observe_inference(body), CONFIG), patch, logger,
+        always_post=("RolledOut", "RolledBack"))
 
 
 @kopf.on.create(GROUP, VERSION, ISVC.plural, id="reconcile")
@@ -102,6 +96,85 @@ def inferenceservice_observe(body: kopf.Body, patch: kopf.Patch, logger: Any, **
     reconcile_inference(dict(body), patch, logger)
 
 
-for _kind in KINDS:
-    if _kind is not ISVC:
-        _register_accepting(_kind)
+def observe_jobs(owner: dict[str, Any]) -> dict[str, JobView]:
+    ns, name = owner["metadata"]["namespace"], owner["metadata"]["name"]
+    selector = f"{LABEL_OWNER}={name},kiln.dev/kind={owner['kind'].lower()}"
+    pods_by_job: dict[str, list] = {}
+    for pod in k8s.list_("v1", "Pod", ns, label_selector=selector):
+        job = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name")
+        pods_by_job.setdefault(job, []).append(pod)
+    return {job["metadata"]["name"]: JobView(job, termination_summaries(pods_by_job.get(job["metadata"]["name"], [])))
+            for job in k8s.list_("batch/v1", "Job", ns, label_selector=selector)
+            if any(ref.get("uid") == owner["metadata"]["uid"] for ref in job["metadata"].get("ownerReferences") or [])}
+
+
+DATASET = kind_by_name("Dataset")
+
+
+def reconcile_dataset(body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
+    if not _validate(DATASET, body, patch, logger):
+        return
+    jobs = observe_jobs(body)
+    token = datasets.validation_token(body)
+    view = jobs.get(training.validation_job_name(body, token), JobView(None))
+    act(body, datasets.plan(body, view, CONFIG, now_rfc3339()), patch, logger)
+
+
+@kopf.on.create(GROUP, VERSION, DATASET.plural, id="reconcile")
+@kopf.on.update(GROUP, VERSION, DATASET.plural, id="reconcile")
+@kopf.on.resume(GROUP, VERSION, DATASET.plural, id="reconcile")
+@kopf.timer(GROUP, VERSION, DATASET.plural, interval=3.0, initial_delay=3.0, id="observe")
+def dataset_changed(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+    reconcile_dataset(dict(body), patch, logger)
+
+
+PIPELINE = kind_by_name("TrainingPipeline")
+
+
+def reconcile_pipeline(body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
+    if not _validate(PIPELINE, body, patch, logger):
+        return
+    ns, spec = body["metadata"]["namespace"], body["spec"]
+    observed = pipelines.Observed(
+        dataset=k8s.get(API_VERSION, "Dataset", ns, spec["datasetRef"]["name"]),
+        jobs=observe_jobs(body),
+        production=registry.production_version(k8s.list_(API_VERSION, "ModelVersion", ns), spec["modelName"]),
+    )
+    now = now_rfc3339()
+    result = pipelines.plan(body, observed, CONFIG, now)
+    for run_id, mv_spec in result.register:
+        name = registry.register(body, run_id, mv_spec)
+        run = next(r for r in result.status["runs"] if r["id"] == run_id)
+        run.update(phase="Succeeded", modelVersion=name, finishedAt=now)
+        result.event("Normal", "ModelVersionCreated", f"run {run_id} registered {name}"
+                     + (f" in stage {spec['promoteTo']}" if spec.get("promoteTo") else ""))
+        result.conditions = [c for c in result.conditions if c[0] != "Ready"]
+        result.condition("Ready", "True", "Succeeded", f"run {run_id} produced {name}")
+    act(body, result, patch, logger, always_post=("RunStarted", "ModelVersionCreated", "RunSkipped"))
+
+
+@kopf.on.create(GROUP, VERSION, PIPELINE.plural, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PIPELINE.plural, id="reconcile")
+@kopf.on.resume(GROUP, VERSION, PIPELINE.plural, id="reconcile")
+@kopf.timer(GROUP, VERSION, PIPELINE.plural, interval=3.0, initial_delay=3.0, id="observe")
+def pipeline_changed(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+    reconcile_pipeline(dict(body), patch, logger)
+
+
+MODEL_VERSION = kind_by_name("ModelVersion")
+
+
+def reconcile_model_version(body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
+    if not _validate(MODEL_VERSION, body, patch, logger):
+        return
+    verify = observe_jobs(body).get(training.verify_job_name(body), JobView(None))
+    act(body, registry.plan_model_version(body, verify, CONFIG, now_rfc3339()), patch, logger,
+        always_post=("StageChanged",))
+
+
+@kopf.on.create(GROUP, VERSION, MODEL_VERSION.plural, id="reconcile")
+@kopf.on.update(GROUP, VERSION, MODEL_VERSION.plural, id="reconcile")
+@kopf.on.resume(GROUP, VERSION, MODEL_VERSION.plural, id="reconcile")
+@kopf.timer(GROUP, VERSION, MODEL_VERSION.plural, interval=3.0, initial_delay=3.0, id="observe")
+def model_version_changed(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+    reconcile_model_version(dict(body), patch, logger)

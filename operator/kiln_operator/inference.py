@@ -8,12 +8,13 @@ a model that does not load) is rolled back to the serving version, and the bad v
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .builders import serving
 from .builders.meta import LABEL_VERSION
 from .config import OperatorConfig
+from .plan import Plan
 
 ROLES = ("primary", "canary")
 # Container states that mean "this version will not come up by waiting".
@@ -26,15 +27,6 @@ class Observed:
     model_versions: list[dict[str, Any]]
     deployments: dict[str, dict[str, Any]]  # role -> Deployment
     pods: list[dict[str, Any]]
-
-
-@dataclass
-class Plan:
-    apply: list[dict[str, Any]] = field(default_factory=list)
-    delete: list[tuple[str, str, str]] = field(default_factory=list)  # (apiVersion, kind, name)
-    status: dict[str, Any] = field(default_factory=dict)
-    conditions: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, status, reason, msg
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # type (Normal|Warning), reason, msg
 
 
 class Unresolved(Exception):

@@ -78,3 +78,9 @@ def pod_logs_tail(namespace: str, pod: str, container: str | None = None, lines:
             pod, namespace, container=container, tail_lines=lines)
     except client.ApiException:
         return ""
+
+
+def patch_spec(api_version: str, kind: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """A merge patch of a spec the operator itself created (a registry entry's stage), never a user's."""
+    _resource(api_version, kind).patch(body={"spec": spec}, name=name, namespace=namespace,
+                                       content_type="application/merge-patch+json")

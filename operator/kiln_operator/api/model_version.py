@@ -142,3 +142,5 @@ class ModelVersionStatus(StatusBase):
     """Stage transitions, oldest first."""
     served_by: list[str] = Field(default_factory=list)
     """InferenceServices serving this version."""
+    verified_sha256: str | None = None
+    """The artifact digest a verification Job of the runtime image last confirmed (the Verified condition)."""

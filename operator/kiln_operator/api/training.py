@@ -148,7 +148,8 @@ class TrainingPipelineSpec(ApiModel):
     """ServiceAccount of the training pods."""
 
 
-RunPhase = Literal["Pending", "Running", "Selecting", "Succeeded", "Failed", "GateFailed", "Cancelled"]
+RunPhase = Literal["Pending", "Running", "Selecting", "Registering", "Succeeded", "Failed", "GateFailed",
+                   "Cancelled"]
 
 
 class Run(ApiModel):
@@ -191,3 +192,7 @@ class TrainingPipelineStatus(StatusBase):
     """When the schedule starts the next run (RFC 3339)."""
     last_dataset_version: str | None = None
     """The dataset version the latest run trained on."""
+    last_run_generation: int | None = None
+    """The metadata.generation the latest run was started for: a spec change starts a new run."""
+    last_run_request: str | None = None
+    """The last value of the `kiln.dev/run-requested` annotation that was acted on."""

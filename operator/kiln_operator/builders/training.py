@@ -1,0 +1,163 @@
+"""Jobs of the training loop: dataset validation, a run's trials (one Indexed Job), its selection step.
+
+The runtime reads one JSON configuration (docs/pod-contract.md, kiln-train): the Dataset and
+TrainingPipeline specs as stored, the run's output prefix, the dataset version and lineage. It
+reports through the termination message; its exit code says whether a retry can help, and the
+Jobs' podFailurePolicy turns a permanent error into a failed Job at once (no retry storm).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..config import OperatorConfig
+from .meta import LABEL_RUN, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, short_name
+
+EXIT_PERMANENT = 10  # kiln-train: bad spec, bad data, wrong credentials: retrying cannot help
+EXIT_CRASH = 12  # kiln-train: unexpected; retried only within the Job's small backoff
+COMPONENT = "kiln-train"
+# Finished Jobs stay a day for `kubectl logs`; the run history limit prunes them sooner.
+FINISHED_TTL = 24 * 3600
+
+
+def validation_job_name(dataset: dict[str, Any], token: str) -> str:
+    return short_name(dataset["metadata"]["name"], "validate", token)
+
+
+def run_job_name(pipeline: dict[str, Any], run_id: str, step: str) -> str:
+    return short_name(pipeline["metadata"]["name"], run_id, step)
+
+
+def _container(cfg: OperatorConfig, args: list[str], config: dict[str, Any],
+               resources: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "name": "train",
+        "image": cfg.runtime_image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["kiln-train", *args],
+        "env": [{"name": "KILN_TRAIN_CONFIG", "value": json.dumps(config, separators=(",", ":"), sort_keys=True)},
+                *cfg.store_env()],
+        "envFrom": cfg.store_env_from(),
+        "resources": resources or {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "terminationMessagePolicy": "File",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def _job(owner: dict[str, Any], name: str, container: dict[str, Any], *, labels: dict[str, str],
+         service_account: str | None = None, extra_spec: dict[str, Any] | None = None,
+         on_permanent: str = "FailJob") -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": RESTRICTED_POD,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    meta = child_metadata(owner, name, COMPONENT, **labels)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "ttlSecondsAfterFinished": FINISHED_TTL,
+            "podFailurePolicy": {"rules": [
+                {"action": on_permanent, "onExitCodes": {"containerName": "train", "operator": "In",
+                                                      "values": [EXIT_PERMANENT]}},
+            ]},
+            **(extra_spec or {}),
+            "template": {"metadata": {"labels": meta["labels"]}, "spec": pod_spec},
+        },
+    }
+
+
+def validation_job(dataset: dict[str, Any], token: str, output: str, cfg: OperatorConfig) -> dict[str, Any]:
+    config = {"dataset": dataset["spec"], "output": output}
+    job = _job(dataset, validation_job_name(dataset, token),
+               _container(cfg, ["validate-dataset"], config, None), labels={"kiln.dev/step": "validate"},
+               extra_spec={"backoffLimit": 2})
+    return job
+
+
+def run_config(pipeline: dict[str, Any], dataset: dict[str, Any], run_id: str, output: str,
+               production: dict[str, Any] | None, cfg: OperatorConfig) -> dict[str, Any]:
+    status = dataset.get("status") or {}
+    config = {
+        "dataset": dataset["spec"],
+        "pipeline": pipeline["spec"],
+        "output": output,
+        "datasetVersion": status.get("version"),
+        "lineage": {"pipeline": pipeline["metadata"]["name"], "run": run_id,
+                    "dataset": dataset["metadata"]["name"], "datasetVersion": status.get("version"),
+                    "image": cfg.runtime_image},
+    }
+    if production:
+        config["production"] = {"name": production["metadata"]["name"],
+                                "metrics": production["spec"].get("metrics", {})}
+    return config
+
+
+def trials_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+    spec = pipeline["spec"]
+    search = spec.get("search", {})
+    trials = search.get("trials", 1)
+    return _job(pipeline, run_job_name(pipeline, run_id, "trials"),
+                _container(cfg, ["trial"], config, spec.get("resources")),
+                labels={LABEL_RUN: run_id, "kiln.dev/step": "trials"},
+                service_account=spec.get("serviceAccountName"),
+                # A trial with a parameter scikit-learn rejects fails its own index only.
+                on_permanent="FailIndex",
+                extra_spec={
+                    "completionMode": "Indexed",
+                    "completions": trials,
+                    "parallelism": min(search.get("parallelism", 1), trials),
+                    # Each trial retries on its own; a bad trial fails alone and the run goes on.
+                    "backoffLimitPerIndex": spec.get("backoffLimit", 1),
+                    "maxFailedIndexes": max(trials - 1, 0),
+                })
+
+
+def select_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+    spec = pipeline["spec"]
+    return _job(pipeline, run_job_name(pipeline, run_id, "select"),
+                _container(cfg, ["select"], config, spec.get("resources")),
+                labels={LABEL_RUN: run_id, "kiln.dev/step": "select"},
+                service_account=spec.get("serviceAccountName"), extra_spec={"backoffLimit": 1})
+
+
+def verify_job_name(mv: dict[str, Any]) -> str:
+    return short_name(mv["metadata"]["name"], "verify", mv["spec"]["artifact"]["sha256"][:8])
+
+
+def verify_job(mv: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+    """Checks the artifact's digest (and that it loads without running code) in a pod of the runtime
+    image, so the operator never fetches a model itself."""
+    artifact = mv["spec"]["artifact"]
+    args = ["verify", "--uri", artifact["uri"], "--sha256", artifact["sha256"]]
+    return _job(mv, verify_job_name(mv), _container(cfg, args, {}, None), labels={},
+                extra_spec={"backoffLimit": 1, "activeDeadlineSeconds": 600})
+
+
+def model_version(pipeline: dict[str, Any], run_id: str, version: int, summary_mv: dict[str, Any]) -> dict[str, Any]:
+    """The registry entry for a passing run. Not owned by the pipeline: deleting a pipeline never
+    deletes the models it produced."""
+    spec = pipeline["spec"]
+    model = spec["modelName"]
+    return {
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": f"{model}-v{version}",
+            "namespace": pipeline["metadata"]["namespace"],
+            "labels": {"app.kubernetes.io/part-of": "kiln", "app.kubernetes.io/managed-by": "kiln-operator",
+                       "kiln.dev/model": model, "kiln.dev/pipeline": pipeline["metadata"]["name"],
+                       LABEL_RUN: run_id},
+        },
+        "spec": {**summary_mv, "modelName": model, "version": version,
+                 "stage": spec.get("promoteTo") or "None"},
+    }

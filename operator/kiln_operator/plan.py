@@ -1,0 +1,23 @@
+"""A reconcile's decision: what to apply and delete, the status to write and the Events to post."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Plan:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[str, str, str]] = field(default_factory=list)  # (apiVersion, kind, name)
+    status: dict[str, Any] = field(default_factory=dict)
+    conditions: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, status, reason, message
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # Normal|Warning, reason, message
+    # Registry entries to create (pipeline runs only): (run id, ModelVersion spec from the select step).
+    register: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.conditions.append((type_, status, reason, message))
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))

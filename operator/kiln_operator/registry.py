@@ -1,0 +1,103 @@
+"""The model registry: version numbering, stages and the audit trail of ModelVersions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kubernetes.client import ApiException
+from kubernetes.dynamic.exceptions import ConflictError
+
+from . import k8s
+from .api.kinds import API_VERSION
+from .builders import training
+from .builders.meta import LABEL_RUN
+from .config import OperatorConfig
+from .jobs import JobView
+from .plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+def versions_of(mvs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    return [m for m in mvs if m["spec"].get("modelName") == model]
+
+
+def production_version(mvs: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    staged = [m for m in versions_of(mvs, model) if m["spec"].get("stage") == "Production"]
+    return max(staged, key=lambda m: m["spec"]["version"]) if staged else None
+
+
+def register(pipeline: dict[str, Any], run_id: str, mv_spec: dict[str, Any]) -> str:
+    """Creates the run's ModelVersion once, with the next free version number; returns its name.
+
+    Idempotent under restarts (an existing entry of the same pipeline and run is returned) and safe
+    under concurrent runs: `create` fails with 409 when another run took the number, and the next
+    number is tried.
+    """
+    ns, model = pipeline["metadata"]["namespace"], pipeline["spec"]["modelName"]
+    mvs = k8s.list_(API_VERSION, "ModelVersion", ns)
+    for mv in versions_of(mvs, model):
+        labels = mv["metadata"].get("labels") or {}
+        if labels.get(LABEL_RUN) == run_id and labels.get("kiln.dev/pipeline") == pipeline["metadata"]["name"]:
+            return mv["metadata"]["name"]
+    version = max((m["spec"]["version"] for m in versions_of(mvs, model)), default=0) + 1
+    for _ in range(20):
+        try:
+            created = k8s.create(training.model_version(pipeline, run_id, version, mv_spec))
+            break
+        except (ConflictError, ApiException) as exc:
+            if getattr(exc, "status", None) != 409:
+                raise
+            version += 1
+    else:
+        raise RuntimeError(f"could not find a free version number for model {model}")
+    name = created["metadata"]["name"]
+    if created["spec"].get("stage") == "Production":
+        archive_other_production(ns, model, keep=name)
+    return name
+
+
+def archive_other_production(namespace: str, model: str, keep: str) -> None:
+    """At most one Production version per model: the previous one moves to Archived."""
+    for mv in versions_of(k8s.list_(API_VERSION, "ModelVersion", namespace), model):
+        if mv["metadata"]["name"] != keep and mv["spec"].get("stage") == "Production":
+            k8s.patch_spec(API_VERSION, "ModelVersion", namespace, mv["metadata"]["name"], {"stage": "Archived"})
+            log.info(f"archived {mv['metadata']['name']}: {keep} is now Production")
+
+
+def plan_model_version(mv: dict[str, Any], verify: JobView, cfg: OperatorConfig, now: str) -> Plan:
+    out = Plan()
+    spec, status = mv["spec"], mv.get("status") or {}
+    history = list(status.get("stageHistory") or [])
+    stage = spec.get("stage", "None")
+    if not history or history[-1].get("stage") != stage:
+        history.append({"stage": stage, "time": now})
+        out.status["stageHistory"] = history
+        if len(history) > 1:
+            out.event("Normal", "StageChanged", f"{mv['metadata']['name']}: {history[-2]['stage']} -> {stage}")
+    registered = f"{spec['modelName']} v{spec['version']} in stage {stage}"
+    digest = spec["artifact"]["sha256"]
+    if status.get("verifiedSha256") == digest:
+        out.condition("Verified", "True", "DigestMatches", f"sha256 {digest[:12]} checked")
+        out.condition("Ready", "True", "Verified", registered)
+        return out
+    if verify.job is None or verify.state is None:
+        if verify.job is None:
+            out.apply.append(training.verify_job(mv, cfg))
+            out.event("Normal", "Verifying", f"checking the artifact's digest with Job {training.verify_job_name(mv)}")
+        out.condition("Verified", "Unknown", "Verifying", "the artifact's digest is being checked")
+        out.condition("Ready", "False", "Verifying", f"{registered}; verifying the artifact")
+        return out
+    summary = verify.summary(0) or {}
+    if verify.state == "Complete" and summary.get("result", "Succeeded") == "Succeeded":
+        out.status["verifiedSha256"] = digest
+        out.condition("Verified", "True", "DigestMatches", f"sha256 {digest[:12]} checked")
+        out.condition("Ready", "True", "Verified", registered)
+        return out
+    reason = summary.get("reason") or "VerificationFailed"
+    message = summary.get("message") or verify.failure_message()
+    out.event("Warning", reason, message)
+    out.condition("Verified", "False", reason, message)
+    out.condition("Ready", "False", reason, message)
+    return out

@@ -1,0 +1,309 @@
+"""Dataset and TrainingPipeline plans: what a user sees as validation and runs move through their Jobs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kiln_operator import datasets, pipelines, registry
+from kiln_operator.builders import training
+from kiln_operator.config import OperatorConfig
+from kiln_operator.jobs import JobView, termination_summaries
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CFG = OperatorConfig()
+NOW = "2026-11-23T10:00:00Z"
+VERSION = "ab" * 32
+
+
+def example(name: str) -> dict:
+    body = yaml.safe_load((EXAMPLES / name).read_text())
+    body["metadata"].update(namespace="ml", uid=f"uid-{body['metadata']['name']}", generation=1)
+    return body
+
+
+def conditions(result) -> dict:
+    return {c[0]: c[1:] for c in result.conditions}
+
+
+def job(state: str | None = None, succeeded: int = 0, failed_indexes: str = "", name: str = "j") -> dict:
+    status = {"succeeded": succeeded, "failedIndexes": failed_indexes}
+    if state:
+        status["conditions"] = [{"type": state, "status": "True", "reason": "X", "message": "m"}]
+    return {"metadata": {"name": name}, "status": status}
+
+
+def ready_dataset(version: str = VERSION) -> dict:
+    ds = example("01-dataset.yaml")
+    ds["status"] = {"version": version, "rows": 150,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "Validated"}]}
+    return ds
+
+
+# --- Dataset ---------------------------------------------------------------------------------------
+
+def test_a_new_dataset_gets_one_validation_job_of_the_runtime_image():
+    ds = example("01-dataset.yaml")
+    result = datasets.plan(ds, JobView(None), CFG, NOW)
+    (manifest,) = result.apply
+    assert manifest["kind"] == "Job"
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["kiln-train", "validate-dataset"]
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-iris"
+    assert conditions(result)["Ready"][:2] == ("False", "Validating")
+
+
+def test_a_refresh_request_or_spec_change_names_a_new_job():
+    ds = example("01-dataset.yaml")
+    first = datasets.validation_token(ds)
+    ds["metadata"]["annotations"] = {datasets.REFRESH_ANNOTATION: "2026-11-23T10:00:00Z"}
+    refreshed = datasets.validation_token(ds)
+    ds["metadata"]["generation"] = 2
+    assert len({first, refreshed, datasets.validation_token(ds)}) == 3
+
+
+def test_passed_validation_sets_version_rows_and_ready():
+    ds = example("01-dataset.yaml")
+    view = JobView(job("Complete", 1), {0: {"result": "Succeeded", "version": VERSION, "rows": 150,
+                                             "profileUri": "s3://kiln/p.json"}})
+    result = datasets.plan(ds, view, CFG, NOW)
+    assert result.apply == []
+    assert result.status["version"] == VERSION and result.status["rows"] == 150
+    assert conditions(result)["Ready"][0] == "True"
+    assert any(e[1] == "NewVersion" for e in result.events)
+
+
+def test_failed_checks_are_named_with_their_column():
+    ds = example("01-dataset.yaml")
+    summary = {"result": "Failed", "reason": "ChecksFailed", "message": "1 check failed",
+               "failures": [{"column": "sepal_length", "check": "type", "message": "'abc' is not a number"}]}
+    result = datasets.plan(ds, JobView(job("Failed"), {0: summary}), CFG, NOW)
+    assert conditions(result)["Ready"][:2] == ("False", "ChecksFailed")
+    assert result.status["failures"] == [{"column": "sepal_length", "check": "type",
+                                          "message": "'abc' is not a number"}]
+
+
+def test_a_pod_that_never_wrote_a_summary_still_explains_the_failure():
+    ds = example("01-dataset.yaml")
+    failed = job("Failed")
+    failed["status"]["conditions"][0].update(reason="DeadlineExceeded", message="Job was active longer than allowed")
+    result = datasets.plan(ds, JobView(failed), CFG, NOW)
+    assert conditions(result)["Ready"][:2] == ("False", "ValidationFailed")
+    assert "DeadlineExceeded" in conditions(result)["Ready"][2]
+
+
+# --- TrainingPipeline ------------------------------------------------------------------------------
+
+def observed(dataset=None, jobs=None, production=None) -> pipelines.Observed:
+    return pipelines.Observed(dataset=dataset, jobs=jobs or {}, production=production)
+
+
+def test_a_pipeline_waits_for_its_dataset():
+    tp = example("02-trainingpipeline.yaml")
+    missing = pipelines.plan(tp, observed(None), CFG, NOW)
+    assert conditions(missing)["Ready"][:2] == ("False", "DatasetNotFound")
+    unready = example("01-dataset.yaml")
+    waiting = pipelines.plan(tp, observed(unready), CFG, NOW)
+    assert conditions(waiting)["Ready"][:2] == ("False", "DatasetNotReady")
+    assert waiting.apply == []
+
+
+def test_creation_starts_run_one_as_an_indexed_trials_job():
+    tp = example("02-trainingpipeline.yaml")
+    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    (trials,) = result.apply
+    assert trials["spec"]["completionMode"] == "Indexed"
+    assert trials["spec"]["completions"] == 8 and trials["spec"]["parallelism"] == 2
+    assert "backoffLimitPerIndex" in trials["spec"]
+    config = json.loads(trials["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert config["datasetVersion"] == VERSION
+    (run,) = result.status["runs"]
+    assert (run["id"], run["phase"], run["trigger"]) == ("r1", "Running", "create")
+    assert conditions(result)["Ready"][:2] == ("False", "Running")
+
+
+def running(tp: dict, phase: str = "Running", run_id: str = "r1") -> dict:
+    tp = copy.deepcopy(tp)
+    tp["status"] = {"lastRun": run_id, "lastRunGeneration": 1, "lastDatasetVersion": VERSION,
+                    "runs": [{"id": run_id, "phase": phase, "trigger": "create", "datasetVersion": VERSION}]}
+    return tp
+
+
+def test_finished_trials_start_the_selection_step():
+    tp = running(example("02-trainingpipeline.yaml"))
+    name = training.run_job_name(tp, "r1", "trials")
+    result = pipelines.plan(tp, observed(ready_dataset(), {name: JobView(job("Complete", 7, "3"))}), CFG, NOW)
+    (select,) = result.apply
+    assert select["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["kiln-train", "select"]
+    run = result.status["runs"][0]
+    assert (run["phase"], run["trialsSucceeded"], run["trialsFailed"]) == ("Selecting", 7, 1)
+
+
+def test_a_run_whose_every_trial_failed_says_why():
+    tp = running(example("02-trainingpipeline.yaml"))
+    name = training.run_job_name(tp, "r1", "trials")
+    view = JobView(job("Failed", 0, "0-7"), {0: {"result": "Failed", "reason": "InvalidParameter",
+                                                  "message": "max_depth must be >= 1, got -1"}})
+    result = pipelines.plan(tp, observed(ready_dataset(), {name: view}), CFG, NOW)
+    run = result.status["runs"][0]
+    assert run["phase"] == "Failed" and "max_depth must be >= 1" in run["message"]
+    assert conditions(result)["Ready"][:2] == ("False", "RunFailed")
+    assert result.apply == []  # no retry storm: a failed run stays failed until something changes
+
+
+def select_done(summary: dict) -> tuple[dict, pipelines.Observed]:
+    tp = running(example("02-trainingpipeline.yaml"), phase="Selecting")
+    view = JobView(job("Complete" if summary["result"] != "Failed" else "Failed", 1), {0: summary})
+    return tp, observed(ready_dataset(), {training.run_job_name(tp, "r1", "select"): view})
+
+
+def test_a_passing_selection_asks_the_registry_for_a_model_version():
+    mv = {"artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64, "format": "skops"},
+          "signature": {"inputs": [{"name": "x", "type": "number"}]}, "metrics": {"accuracy": 0.97}}
+    tp, obs = select_done({"result": "Succeeded", "modelVersion": mv, "metrics": {"accuracy": 0.97}})
+    result = pipelines.plan(tp, obs, CFG, NOW)
+    assert result.register == [("r1", mv)]
+    assert result.status["runs"][0]["phase"] == "Registering"
+
+
+def test_a_failed_gate_creates_nothing_and_quotes_the_numbers():
+    message = "gate accuracy >= 0.99 failed: best trial reached 0.9474 (short by 0.0426)"
+    tp, obs = select_done({"result": "GateFailed", "message": message})
+    result = pipelines.plan(tp, obs, CFG, NOW)
+    assert result.register == []
+    assert conditions(result)["Ready"] == ("False", "RunGateFailed", f"run r1: {message}")
+
+
+def test_a_truncated_selection_summary_fails_the_run_instead_of_registering_half_a_model():
+    tp, obs = select_done({"result": "Succeeded", "modelVersion": {"metrics": {}}, "manifestUri": "s3://m"})
+    result = pipelines.plan(tp, obs, CFG, NOW)
+    assert result.register == [] and result.status["runs"][0]["phase"] == "Failed"
+
+
+def finished(tp: dict, n: int) -> dict:
+    tp = copy.deepcopy(tp)
+    tp["status"] = {"lastRun": f"r{n}", "lastRunGeneration": 1, "lastDatasetVersion": VERSION,
+                    "runs": [{"id": f"r{i}", "phase": "Succeeded"} for i in range(1, n + 1)]}
+    return tp
+
+
+def test_a_new_dataset_version_starts_a_run_when_asked_to():
+    tp = finished(example("02-trainingpipeline.yaml"), 1)
+    result = pipelines.plan(tp, observed(ready_dataset("cd" * 32)), CFG, NOW)
+    assert result.status["runs"][-1]["trigger"] == "datasetChange"
+    tp["spec"]["triggers"] = {"onDatasetChange": False}
+    assert pipelines.plan(tp, observed(ready_dataset("cd" * 32)), CFG, NOW).apply == []
+
+
+def test_a_run_request_starts_once_and_respects_forbid():
+    tp = finished(example("02-trainingpipeline.yaml"), 1)
+    tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "drift-2026-11-23T10:00:00Z"}
+    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    assert result.status["runs"][-1]["trigger"] == "drift"
+    assert result.status["lastRunRequest"] == "drift-2026-11-23T10:00:00Z"
+    # The same request seen again (the next timer tick) starts nothing.
+    tp["status"].update(result.status)
+    tp["status"]["runs"][-1]["phase"] = "Succeeded"
+    assert pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply == []
+    # A new request while a run is active is skipped under Forbid, with an Event saying so.
+    busy = running(example("02-trainingpipeline.yaml"), run_id="r2")
+    busy["metadata"]["annotations"] = {"kiln.dev/run-requested": "manual-1"}
+    name = training.run_job_name(busy, "r2", "trials")
+    skipped = pipelines.plan(busy, observed(ready_dataset(), {name: JobView(job())}), CFG, NOW)
+    assert skipped.apply == [] and any(e[1] == "RunSkipped" for e in skipped.events)
+
+
+def test_replace_cancels_the_active_run_and_starts_another():
+    busy = running(example("02-trainingpipeline.yaml"), run_id="r2")
+    busy["spec"]["concurrencyPolicy"] = "Replace"
+    busy["metadata"]["annotations"] = {"kiln.dev/run-requested": "manual-1"}
+    name = training.run_job_name(busy, "r2", "trials")
+    result = pipelines.plan(busy, observed(ready_dataset(), {name: JobView(job())}), CFG, NOW)
+    assert [r["phase"] for r in result.status["runs"]] == ["Cancelled", "Running"]
+    assert ("batch/v1", "Job", name) in result.delete
+
+
+def test_run_history_is_pruned_with_its_jobs():
+    tp = finished(example("02-trainingpipeline.yaml"), 7)
+    tp["spec"]["runHistoryLimit"] = 5
+    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    assert [r["id"] for r in result.status["runs"]] == ["r3", "r4", "r5", "r6", "r7"]
+    assert ("batch/v1", "Job", training.run_job_name(tp, "r1", "trials")) in result.delete
+
+
+def test_a_schedule_starts_runs_when_due():
+    tp = finished(example("02-trainingpipeline.yaml"), 1)
+    tp["spec"]["schedule"] = "0 3 * * *"
+    first = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    assert first.apply == [] and first.status["nextRun"] == "2026-11-24T03:00:00Z"
+    tp["status"]["nextRun"] = first.status["nextRun"]
+    due = pipelines.plan(tp, observed(ready_dataset()), CFG, "2026-11-24T03:00:01Z")
+    assert due.status["runs"][-1]["trigger"] == "schedule"
+    assert due.status["nextRun"] == "2026-11-25T03:00:00Z"
+
+
+# --- termination messages and the registry ---------------------------------------------------------
+
+def test_termination_messages_are_read_per_index_newest_first():
+    def pod(index, finished, message):
+        return {"metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+                "status": {"containerStatuses": [{"state": {"terminated": {"finishedAt": finished,
+                                                                           "message": message}}}]}}
+    found = termination_summaries([pod(0, "2026-11-23T10:00:00Z", '{"result": "Failed"}'),
+                                   pod(0, "2026-11-23T10:01:00Z", '{"result": "Succeeded"}'),
+                                   pod(1, "2026-11-23T10:00:00Z", "Traceback: boom")])
+    assert found[0]["result"] == "Succeeded"
+    assert found[1]["reason"] == "UnreadableSummary" and "boom" in found[1]["message"]
+
+
+def registered(stage="Staging", verified=True, history=None) -> dict:
+    mv = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
+          "metadata": {"name": "iris-v1", "namespace": "ml", "uid": "mv-1", "generation": 2},
+          "spec": {"modelName": "iris", "version": 1, "stage": stage,
+                   "artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64}},
+          "status": {"stageHistory": history or []}}
+    if verified:
+        mv["status"]["verifiedSha256"] = "c" * 64
+    return mv
+
+
+def test_a_stage_change_is_recorded_in_the_history_with_an_event():
+    mv = registered("Production", history=[{"stage": "Staging", "time": "2026-11-22T10:00:00Z"}])
+    result = registry.plan_model_version(mv, JobView(None), CFG, NOW)
+    assert result.status["stageHistory"][-1] == {"stage": "Production", "time": NOW}
+    assert ("Normal", "StageChanged", "iris-v1: Staging -> Production") in result.events
+    mv["status"]["stageHistory"] = result.status["stageHistory"]
+    assert registry.plan_model_version(mv, JobView(None), CFG, NOW).events == []
+
+
+def test_a_model_version_is_ready_only_after_a_job_checked_its_digest():
+    mv = registered(verified=False)
+    start = registry.plan_model_version(mv, JobView(None), CFG, NOW)
+    (verify,) = start.apply
+    assert verify["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "kiln-train", "verify", "--uri", "s3://kiln/m.skops", "--sha256", "c" * 64]
+    assert conditions(start)["Ready"][:2] == ("False", "Verifying")
+    done = registry.plan_model_version(mv, JobView(job("Complete", 1), {0: {"result": "Succeeded"}}), CFG, NOW)
+    assert done.status["verifiedSha256"] == "c" * 64
+    assert conditions(done)["Verified"][0] == conditions(done)["Ready"][0] == "True"
+
+
+def test_a_digest_mismatch_marks_the_model_version_failed_with_the_reason():
+    mv = registered(verified=False)
+    summary = {"result": "Failed", "reason": "DigestMismatch", "message": "expected sha256 cccc, got 1234"}
+    result = registry.plan_model_version(mv, JobView(job("Failed"), {0: summary}), CFG, NOW)
+    assert conditions(result)["Ready"] == ("False", "DigestMismatch", "expected sha256 cccc, got 1234")
+    assert "verifiedSha256" not in result.status
+
+
+@pytest.mark.parametrize("stages, expected", [
+    (["Production", "Archived", "Production"], "iris-v3"), (["Staging", "None"], None)])
+def test_the_production_version_is_the_newest_in_production(stages, expected):
+    mvs = [{"metadata": {"name": f"iris-v{i}"}, "spec": {"modelName": "iris", "version": i, "stage": s}}
+           for i, s in enumerate(stages, start=1)]
+    found = registry.production_version(mvs, "iris")
+    assert (found and found["metadata"]["name"]) == expected
