@@ -1,8 +1,10 @@
 """kiln-serve as a real process on 127.0.0.1, driven by real HTTP clients.
 
 Models are trained by the fixture (tests/serve_models.py): a logistic regression and a 100-tree
-random forest on 20 numeric features, saved with skops and exported to ONNX. Answers are compared to
-the scikit-learn model's own predictions; tritonclient's HTTP client speaks V2 to it unchanged.
+random forest on 20 numeric features, saved with skops and exported to ONNX, read over file://.
+Answers are compared to the scikit-learn model's own predictions; tritonclient's HTTP client speaks
+V2 to it unchanged. The last section serves what a real kiln-train run wrote (mixed feature types)
+from moto's S3 server on loopback, configured the way the operator configures the pod.
 """
 
 from __future__ import annotations
@@ -431,4 +433,178 @@ def test_sigterm_drains_in_flight_requests_then_exits(models, tmp_path):
     assert "draining" in log and "drained; exiting" in log
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
+    server.stop()
+
+
+# --- kiln-train's own artifacts, served from a real S3 API --------------------------------------------
+
+S3_BUCKET = "kiln-artifacts"
+MIXED_FEATURES = [("x0", "number"), ("x1", "number"), ("x2", "number"), ("rooms", "integer"),
+                  ("colour", "category"), ("member", "boolean")]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server as a process on 127.0.0.1; yields the AWS_* environment a pod would get."""
+    import boto3
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "kiln-test",
+           "AWS_SECRET_ACCESS_KEY": "kiln-test-secret"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url + "/moto-api/", timeout=1)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(f"moto server did not start on {url}")
+                time.sleep(0.1)
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        client.create_bucket(Bucket=S3_BUCKET)
+        yield {"env": env, "client": client}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def mixed_rows(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        x = rng.normal(size=3)
+        colour = str(rng.choice(["red", "green", "blue"]))
+        member = bool(rng.random() < 0.4)
+        rooms = int(rng.integers(1, 7))
+        score = x[0] - 0.5 * x[1] + (0.8 if colour == "red" else 0) + (0.6 if member else 0) + 0.1 * rooms
+        rows.append({"x0": float(x[0]), "x1": float(x[1]), "x2": float(x[2]), "rooms": rooms,
+                     "colour": colour, "member": member, "label": "yes" if score + rng.normal(0, 0.3) > 0.8 else "no"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(s3, tmp_path_factory):
+    """A real kiln-train run (trial 0, then select) writing its artifact set to S3; returns the
+    ModelVersion fragment from its manifest and the scikit-learn model it registered."""
+    import csv
+    import io
+
+    from kiln_runtime.train import artifacts
+
+    tmp = tmp_path_factory.mktemp("train")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[n for n, _ in MIXED_FEATURES] + ["label"])
+    writer.writeheader()
+    writer.writerows({**r, "member": "true" if r["member"] else "false"} for r in mixed_rows(600, 1))
+    s3["client"].put_object(Bucket=S3_BUCKET, Key="data/mixed.csv", Body=buf.getvalue().encode())
+    columns = [{"name": n, "type": t, "nullable": False} for n, t in MIXED_FEATURES]
+    columns[4]["allowed"] = ["red", "green", "blue"]
+    config = {
+        "dataset": {"source": {"uri": f"s3://{S3_BUCKET}/data/mixed.csv", "format": "csv"}, "target": "label",
+                    "schema": {"columns": columns + [{"name": "label", "type": "category", "allowed": ["no", "yes"]}]},
+                    "checks": {"minRows": 100}},
+        "pipeline": {"modelName": "mixed", "estimator": {"class": "LogisticRegression", "params": {}},
+                     "search": {"strategy": "grid", "trials": 1, "metric": "accuracy", "space": {"C": [1.0]}},
+                     "evaluation": {"testFraction": 0.25, "seed": 3}},
+        "output": f"s3://{S3_BUCKET}/runs/default/mixed/r1",
+    }
+    cfg_path = tmp / "run.json"
+    cfg_path.write_text(json.dumps(config))
+    kiln_train = str(Path(sys.executable).with_name("kiln-train"))
+    for command, extra in (("trial", {"JOB_COMPLETION_INDEX": "0"}), ("select", {})):
+        term = tmp / f"{command}.json"
+        done = subprocess.run([kiln_train, command], capture_output=True, timeout=300,
+                              env={**os.environ, **s3["env"], **extra, "KILN_TRAIN_CONFIG_FILE": str(cfg_path),
+                                   "KILN_TERMINATION_LOG": str(term)})
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+    summary = json.loads((tmp / "select.json").read_bytes())
+    assert summary["result"] == "Succeeded", summary
+    key = summary["manifestUri"].split("/", 3)[3]
+    manifest = json.loads(s3["client"].get_object(Bucket=S3_BUCKET, Key=key)["Body"].read())
+    mv = manifest["modelVersion"]
+    model_key = mv["artifact"]["uri"].split("/", 3)[3]
+    model = artifacts.loads(s3["client"].get_object(Bucket=S3_BUCKET, Key=model_key)["Body"].read(), "skops")
+    return {"mv": mv, "model": model, "dir": mv["artifact"]["uri"].rsplit("/", 1)[0]}
+
+
+def operator_env(mv: dict, onnx: bool = True) -> dict:
+    """kiln-serve's environment as the operator's builder sets it from a ModelVersion (the signature
+    inline, ONNX only when its parity was verified)."""
+    art = mv["artifact"]
+    env = {"KILN_MODEL_NAME": "mixed", "KILN_MODEL_VERSION": "1", "KILN_MODEL_URI": art["uri"],
+           "KILN_MODEL_SHA256": art["sha256"], "KILN_MODEL_FORMAT": art["format"],
+           "KILN_SIGNATURE": json.dumps(mv["signature"])}
+    if onnx and (art.get("onnx") or {}).get("parityVerified"):
+        env.update(KILN_ONNX_URI=art["onnx"]["uri"], KILN_ONNX_SHA256=art["onnx"]["sha256"])
+    return env
+
+
+def expected_labels(model, rows: list[dict]) -> list:
+    import pandas as pd
+
+    frame = pd.DataFrame({n: [("" if r[n] is None else str(r[n])) if t == "category" else
+                              (np.nan if r[n] is None else float(r[n])) for r in rows] for n, t in MIXED_FEATURES})
+    return [str(v) for v in model.predict(frame)]
+
+
+@pytest.mark.parametrize("onnx", [True, False], ids=["onnx", "skops"])
+def test_kiln_trains_artifact_set_served_from_s3_as_the_operator_configures_it(s3, trained, tmp_path, onnx):
+    assert trained["mv"]["artifact"]["onnx"]["parityVerified"], "kiln-train exported no ONNX to serve"
+    server = Server({**s3["env"], **operator_env(trained["mv"], onnx)}, tmp_path / "s3.log").wait_ready()
+    try:
+        rows = mixed_rows(40, 2)
+        features = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+        resp = requests.post(server.url + "/v1/models/mixed:predict", json={"instances": features}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert [str(v) for v in resp.json()["predictions"]] == expected_labels(trained["model"], features)
+        # V2, one tensor per feature with the types the signature names.
+        dtypes = {"number": "FP64", "integer": "INT64", "category": "BYTES", "boolean": "BOOL"}
+        inputs = [{"name": n, "shape": [len(features)], "datatype": dtypes[t], "data": [f[n] for f in features]}
+                  for n, t in MIXED_FEATURES]
+        resp = requests.post(server.url + "/v2/models/mixed/infer", json={"inputs": inputs}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert [str(v) for v in resp.json()["outputs"][0]["data"]] == expected_labels(trained["model"], features)
+        info = next(ln for ln in requests.get(server.url + "/metrics").text.splitlines()
+                    if ln.startswith("kiln_model_info"))
+        assert f'runtime="{"onnx" if onnx else "sklearn"}"' in info
+        # The signature's types are enforced, naming the feature.
+        bad = {**features[0], "colour": 3}
+        resp = requests.post(server.url + "/v1/models/mixed:predict", json={"instances": [bad]}, timeout=10)
+        assert resp.status_code == 400 and "feature 'colour'" in resp.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_the_full_signature_json_from_s3_lets_imputed_features_be_null(s3, trained, tmp_path):
+    env = {**s3["env"], **operator_env(trained["mv"], onnx=False),
+           "KILN_SIGNATURE": trained["dir"] + "/signature.json"}
+    server = Server(env, tmp_path / "sig.log").wait_ready()
+    try:
+        rows = [{k: v for k, v in r.items() if k != "label"} for r in mixed_rows(10, 4)]
+        rows[0]["x1"], rows[1]["colour"], rows[2]["rooms"] = None, None, None
+        resp = requests.post(server.url + "/v1/models/mixed:predict", json={"instances": rows}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert [str(v) for v in resp.json()["predictions"]] == expected_labels(trained["model"], rows)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"KILN_MODEL_SHA256": "f" * 64}, "model: .*digest mismatch"),
+    ({"KILN_MODEL_URI": f"s3://{S3_BUCKET}/runs/default/mixed/nope/model.skops"}, "model: .*(not found|NoSuchKey)"),
+])
+def test_a_bad_artifact_in_s3_is_refused_with_its_reason(s3, trained, tmp_path, change, reason):
+    import re
+
+    server = Server({**s3["env"], **operator_env(trained["mv"]), **change}, tmp_path / "bad.log")
+    assert server.wait_exit(60) == 3
+    lines = [ln for ln in server.log().splitlines() if "refusing to serve" in ln]
+    assert len(lines) == 1 and re.search(reason, lines[0]), server.log()
+    assert "kiln-test-secret" not in server.log()
     server.stop()
