@@ -70,6 +70,15 @@ def kubeconfig() -> Path:
 
 
 @pytest.fixture(scope="session")
+def helm() -> Path:
+    """helm, built from its Go module by hack/build-helm.sh on first use (about a minute), then reused."""
+    built = subprocess.run(["bash", str(ROOT / "hack/build-helm.sh")], capture_output=True, text=True, timeout=1200)
+    if built.returncode != 0:
+        pytest.fail(f"hack/build-helm.sh exited {built.returncode}:\n{built.stderr[-3000:]}", pytrace=False)
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
 def kubectl(kubeconfig: Path) -> Kubectl:
     return Kubectl(kubeconfig)
 

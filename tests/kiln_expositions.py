@@ -1,0 +1,40 @@
+"""Real kiln-serve and kiln-monitor exposition text, every family present, without running either.
+
+Rendered by the processes' own metrics code (kiln_runtime.serve.metrics, kiln_runtime.monitor.metrics)
+from a synthetic state: a classifier or regressor that answered a request, and a drift report holding
+every statistic with one drop reason per counter. The unit tests compare it with docs/metrics.md; the
+Prometheus integration test serves it to the real Prometheus as a fake serving pod's two ports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+
+from kiln_runtime.monitor.metrics import DriftCollector
+from kiln_runtime.monitor.receiver import Counters
+from kiln_runtime.serve.metrics import V1, Metrics
+
+
+def server(model: str = "m", version: str = "1", classifier: bool = True) -> str:
+    m = Metrics(model, version, "ab" * 32, "sklearn", "skops", ("0", "1") if classifier else None)
+    m.request(V1, 200, 0.001)
+    m.batch(2, 0.0005, np.array([0, 1]) if classifier else np.array([0.5, 3.0]))
+    return m.render().decode()
+
+
+def monitor(model: str = "m", version: str = "1") -> str:
+    stats = {"psi": 0.3, "missingRate": 0.0, "outOfRangeRate": 0.01, "evaluated": True, "drift": True}
+    report = {
+        "features": {"x": {**stats, "ksStatistic": 0.4, "ksPValue": 1e-9},
+                     "c": {**stats, "chi2PValue": 0.5, "jsDistance": 0.1, "drift": False}},
+        "prediction": {"psi": 0.1, "ksPValue": 0.2, "chi2PValue": 0.3, "missingRate": 0.0},
+        "driftDetected": True, "windowRows": 500, "score": 0.3, "evaluatedAtUnix": 1.7e9, "evaluationSeconds": 0.01,
+    }
+    counters = Counters()
+    counters.rows_received, counters.frames_received = 500, 2
+    counters.frames_dropped["malformed"] = 1
+    counters.rows_dropped["model_mismatch"] = 3
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DriftCollector((model, version), lambda: report, lambda: counters, 1000))
+    return generate_latest(registry).decode()

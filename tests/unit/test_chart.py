@@ -1,0 +1,164 @@
+"""The Helm chart: lint and render with every values file in charts/kiln/ci, and what each render says."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kiln_operator.config import OperatorConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts/kiln"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+
+
+def render(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(helm), "template", "kiln", str(CHART), "--namespace", "kiln-system", *args],
+                            capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def objects(helm: Path, *args: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(render(helm, *args).stdout) if doc]
+
+
+def one(objs: list[dict], kind: str) -> dict:
+    (found,) = [o for o in objs if o["kind"] == kind]
+    return found
+
+
+def env_of(deployment: dict) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_ci_values_files_exist():
+    assert {p.name for p in CI_VALUES} >= {"default-values.yaml", "namespaced-values.yaml",
+                                            "standalone-values.yaml", "s3-values.yaml"}
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_lint_is_clean(helm, values):
+    result = subprocess.run([str(helm), "lint", str(CHART), "--strict", "-f", str(values)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_render_is_restricted_and_consistent(helm, values):
+    objs = objects(helm, "-f", str(values))
+    deployment = one(objs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["command"] == ["kiln-operator"]
+    assert not re.search(r":latest$", container["image"]) and ":" in container["image"]
+    # The Service finds the operator's pods, and its port is the health port the operator listens on.
+    service = one(objs, "Service")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert f"--health=http://0.0.0.0:{service['spec']['ports'][0]['port']}/healthz" in container["args"]
+    # Every binding names the ServiceAccount the pods run as.
+    for binding in (o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                        "namespace": "kiln-system"}]
+
+
+def test_every_env_var_is_one_the_operator_reads(helm):
+    read = set(re.findall(r'env\.get\("(KILN_[A-Z0-9_]+)"', (ROOT / "operator/kiln_operator/config.py").read_text()))
+    for values in CI_VALUES:
+        chart_env = {k for k in env_of(one(objects(helm, "-f", str(values)), "Deployment")) if k.startswith("KILN_")}
+        assert chart_env <= read, f"{values.name}: {chart_env - read} are not read by config.from_env"
+
+
+def test_defaults_agree_with_the_operator():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    default = OperatorConfig()
+    assert values["runtime"]["image"] == default.runtime_image
+    assert values["runtime"]["pullPolicy"] == default.image_pull_policy
+    assert values["artifactStore"]["root"] == default.artifact_root
+    assert values["artifactStore"]["s3"]["region"] == default.s3_region
+
+
+def test_values_reach_the_operator_as_env(helm):
+    objs = objects(helm, "-f", str(CHART / "ci/s3-values.yaml"))
+    env = env_of(one(objs, "Deployment"))
+    assert env["KILN_RUNTIME_IMAGE"] == "registry.example.com/kiln/runtime:0.1.0"
+    assert env["KILN_IMAGE_PULL_POLICY"] == "Always"
+    assert env["KILN_ARTIFACT_ROOT"] == "s3://ml-artifacts/kiln"
+    assert env["KILN_S3_ENDPOINT"] == "http://minio.storage.svc:9000"
+    assert env["KILN_S3_REGION"] == "eu-west-1"
+    assert env["KILN_STORE_SECRET"] == "kiln-store"
+    assert env["KILN_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring.svc:9090"
+    # An empty tag falls back to the chart's appVersion.
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":{app_version}")
+    # Unset values leave their variables out, so the operator's own defaults apply.
+    plain = env_of(one(objects(helm), "Deployment"))
+    assert "KILN_S3_ENDPOINT" not in plain and "KILN_STORE_SECRET" not in plain
+
+
+def test_peering_cluster_wide_by_default(helm):
+    objs = objects(helm)
+    deployment = one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=kiln" in args and not any(a.startswith("--namespace") for a in args)
+    assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "kiln"
+    assert {o["kind"] for o in objs}.isdisjoint({"KopfPeering", "RoleBinding"})
+
+
+def test_namespaced_mode_binds_and_peers_per_namespace(helm):
+    objs = objects(helm, "-f", str(CHART / "ci/namespaced-values.yaml"))
+    args = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+    peerings = [o for o in objs if o["kind"] == "KopfPeering"]
+    assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings} == {
+        ("team-a", "kiln-tenants"), ("team-b", "kiln-tenants")}
+    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+    assert {b["metadata"]["namespace"] for b in bindings} == {"team-a", "team-b"}
+    # Cluster-wide, only the cluster-scoped role is bound.
+    (cluster_binding,) = [o for o in objs if o["kind"] == "ClusterRoleBinding"]
+    assert cluster_binding["roleRef"]["name"].endswith("-cluster")
+    assert "ClusterKopfPeering" not in {o["kind"] for o in objs}
+
+
+def test_standalone_mode_has_one_replica_and_recreates(helm):
+    objs = objects(helm, "-f", str(CHART / "ci/standalone-values.yaml"))
+    deployment = one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--plain-logs" in args and not any(a.startswith("--peering") for a in args)
+    kinds = {o["kind"] for o in objs}
+    assert kinds.isdisjoint({"ClusterRole", "ClusterRoleBinding", "ServiceAccount", "ClusterKopfPeering"})
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-kiln"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "peering.enabled=false"], "replicas > 1 needs peering.enabled"),
+    (["--set", "replicaCount=2"], "replicaCount"),
+    (["--set", "artifactStore.root=/data"], "artifactStore"),
+    (["--set", "runtime.pullPolicy=Sometimes"], "pullPolicy"),
+    (["--set", "logFormat=xml"], "logFormat"),
+    (["--set", "watchNamespaces[0]=Team_A"], "watchNamespaces"),
+    (["--set", "serviceAccount.create=false"], "serviceAccount.name is required"),
+])
+def test_bad_values_are_refused_with_a_reason(helm, args, message):
+    result = render(helm, *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_chart_crds_are_the_repo_crds():
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (ROOT / "crds").iterdir())
