@@ -11,11 +11,11 @@ from typing import Any
 
 import kopf
 
-from . import config, datasets, events, inference, k8s, pipelines, registry
+from . import config, datasets, drift, drift_sources, events, inference, k8s, pipelines, registry
 from .api import GROUP, VERSION
 from .api.kinds import API_VERSION, Kind, kind_by_name
 from .builders import serving, training
-from .builders.meta import LABEL_OWNER
+from .builders.meta import ANNOTATION_RUN_REQUEST, LABEL_OWNER
 from .conditions import now_rfc3339
 from .jobs import JobView, termination_summaries
 from .plan import Plan
@@ -79,8 +79,38 @@ def act(body: dict[str, Any], result: Plan, patch: kopf.Patch, logger: Any,
 def reconcile_inference(body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
     if not _validate(ISVC, body, patch, logger):
         return
-    act(body, inference.plan(body, observe_inference(body), CONFIG), patch, logger,
-        always_post=("RolledOut", "RolledBack"))
+    observed = observe_inference(body)
+    result = inference.plan(body, observed, CONFIG)
+    watch_drift(body, observed, result, logger)
+    act(body, result, patch, logger, always_post=("RolledOut", "RolledBack", "RetrainRequested", "RetrainRequestFailed"))
+
+
+def watch_drift(isvc: dict[str, Any], observed: inference.Observed, result: Plan, logger: Any) -> None:
+    """Reads the serving version's drift now and then, and asks the pipeline for a run when told to."""
+    spec = isvc["spec"].get("monitoring", {}).get("drift", {})
+    serving_version = result.status.get("modelVersion") or (isvc.get("status") or {}).get("modelVersion")
+    now = now_rfc3339()
+    if not spec.get("enabled", True) or not serving_version or not drift.due(isvc, now):
+        return
+    mv = next((m for m in observed.model_versions if m["metadata"]["name"] == serving_version), None)
+    if CONFIG.prometheus_url and mv:
+        verdict = drift_sources.from_prometheus(CONFIG.prometheus_url, mv["spec"]["modelName"],
+                                                str(mv["spec"]["version"]))
+    else:
+        verdict = drift.from_reports(drift_sources.sidecar_reports(observed.pods, serving_version))
+    outcome = drift.plan(isvc, verdict, now)
+    result.status.update(outcome.status)
+    result.conditions.extend(outcome.conditions)
+    result.events.extend(outcome.events)
+    if outcome.request_run:
+        name = spec["pipelineRef"]["name"]
+        try:
+            k8s.annotate(API_VERSION, "TrainingPipeline", isvc["metadata"]["namespace"], name,
+                         {ANNOTATION_RUN_REQUEST: outcome.request_run})
+        except Exception as exc:  # a missing pipeline must not stop serving; the condition says why
+            result.status["drift"].pop("lastRetrainRequest", None)
+            result.event("Warning", "RetrainRequestFailed", f"could not ask TrainingPipeline {name!r} for a run: {exc}")
+            logger.warning(f"retrain request to {name} failed: {exc}")
 
 
 @kopf.on.create(GROUP, VERSION, ISVC.plural, id="reconcile")

@@ -84,3 +84,9 @@ def patch_spec(api_version: str, kind: str, namespace: str, name: str, spec: dic
     """A merge patch of a spec the operator itself created (a registry entry's stage), never a user's."""
     _resource(api_version, kind).patch(body={"spec": spec}, name=name, namespace=namespace,
                                        content_type="application/merge-patch+json")
+
+
+def annotate(api_version: str, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+    """Sets annotations on another object: how one Kiln object asks another for work (a run request)."""
+    _resource(api_version, kind).patch(body={"metadata": {"annotations": annotations}}, name=name,
+                                       namespace=namespace, content_type="application/merge-patch+json")

@@ -1,0 +1,49 @@
+"""Where drift verdicts come from: the sidecars' /drift endpoints, or Prometheus when configured."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from . import drift
+from .builders.meta import LABEL_VERSION
+from .builders.serving import MONITOR_PORT
+
+log = logging.getLogger(__name__)
+TIMEOUT = 2.0
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:  # noqa: S310 (cluster-internal http)
+        return json.load(answer)
+
+
+def sidecar_reports(pods: list[dict[str, Any]], version: str) -> list[dict[str, Any]]:
+    """The /drift report of every running pod of `version`; a pod that does not answer is left out."""
+    reports = []
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        if pod["metadata"].get("labels", {}).get(LABEL_VERSION) != version or not ip:
+            continue
+        try:
+            reports.append(_get_json(f"http://{ip}:{MONITOR_PORT}/drift"))
+        except (OSError, ValueError) as exc:  # 503 while the window fills, or a pod going away
+            log.debug(f"no drift report from {pod['metadata']['name']}: {exc}")
+    return reports
+
+
+def from_prometheus(base_url: str, model: str, version: str) -> drift.Verdict | None:
+    def per_feature(metric: str) -> dict[str, float]:
+        query = f'max by (feature) ({metric}{{model="{model}",version="{version}"}})'
+        url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        try:
+            result = _get_json(url)["data"]["result"]
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning(f"Prometheus query {query!r} failed: {exc}")
+            return {}
+        return {r["metric"]["feature"]: float(r["value"][1]) for r in result if "feature" in r["metric"]}
+
+    return drift.from_prometheus(per_feature("kiln_feature_drift_psi"), per_feature("kiln_feature_drift_detected"))
