@@ -103,11 +103,15 @@ def _get(s3, key: str) -> bytes:
     return s3["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
-def _spawn(s3, command: str, cfg_path: Path, term: Path, index: int | None = None) -> subprocess.Popen:
-    env = {**os.environ, **s3["env"], "KILN_TRAIN_CONFIG_FILE": str(cfg_path), "KILN_TERMINATION_LOG": str(term)}
+def _spawn(s3, command: str | list[str], cfg_path: Path | None, term: Path,
+           index: int | None = None) -> subprocess.Popen:
+    env = {**os.environ, **s3["env"], "KILN_TERMINATION_LOG": str(term)}
+    if cfg_path:
+        env["KILN_TRAIN_CONFIG_FILE"] = str(cfg_path)
     if index is not None:
         env["JOB_COMPLETION_INDEX"] = str(index)
-    return subprocess.Popen([KILN_TRAIN, command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    argv = [command] if isinstance(command, str) else command
+    return subprocess.Popen([KILN_TRAIN, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _finish(proc: subprocess.Popen, term: Path) -> dict:
@@ -178,6 +182,17 @@ def test_validate_search_and_select_through_s3(s3, tmp_path):
     assert manifest["modelVersion"] == mv and set(manifest["files"]) == {
         "model.skops", "model.onnx", "signature.json", "metrics.json", "baseline.json"}
 
+    # The registry's Verified check, through S3: both artifacts pass; a replaced object does not.
+    verify = ["verify", "--uri", mv["artifact"]["uri"], "--sha256", mv["artifact"]["sha256"],
+              "--uri", mv["artifact"]["onnx"]["uri"], "--sha256", mv["artifact"]["onnx"]["sha256"]]
+    ok = _finish(_spawn(s3, verify, None, tmp_path / "verify.log"), tmp_path / "verify.log")
+    assert [a["format"] for a in ok["artifacts"]] == ["skops", "onnx"]
+    s3["client"].put_object(Bucket=BUCKET, Key=key(mv["artifact"]["uri"]), Body=model_bytes + b"\0")
+    proc = _spawn(s3, verify, None, tmp_path / "tampered.log")
+    proc.communicate(timeout=120)
+    bad = json.loads((tmp_path / "tampered.log").read_bytes())
+    assert proc.returncode == 10 and bad["reason"] == "DigestMismatch" and bad["uri"] == mv["artifact"]["uri"]
+
     # A changed source is a new version, profiled beside the old one; the old run refuses it.
     changed = data + b"5.0,3.0,1.5,0.2,setosa\n"
     s3["client"].put_object(Bucket=BUCKET, Key="data/iris.csv", Body=changed)
@@ -235,6 +250,9 @@ def test_missing_objects_and_an_unreachable_endpoint(in_process, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
     code, s = in_process("validate-dataset")
     assert code == 11 and s["reason"] == "SourceUnreachable" and "unreachable" in s["message"]
+    code = cli.main(["verify", "--uri", f"s3://{BUCKET}/m/model.skops", "--sha256", "0" * 64])
+    s = json.loads(Path(os.environ["KILN_TERMINATION_LOG"]).read_bytes())
+    assert code == 11 and s["reason"] == "SourceUnreachable" and s["uri"] == f"s3://{BUCKET}/m/model.skops"
 
 
 def test_a_trial_refuses_data_that_changed_since_validation(in_process):

@@ -16,12 +16,19 @@ from . import spec, termination
 from .errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InvalidSpec, TrainError
 
 SCHEMA_VERSION = 1
-COMMANDS = ("validate-dataset", "trial", "select")
+COMMANDS = ("validate-dataset", "trial", "select", "verify")
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 
 
+class _Parser(argparse.ArgumentParser):
+    # argparse exits with code 2 and no summary; a bad command line is a bad spec like any other.
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        raise InvalidSpec(f"kiln-train {self.prog.split()[-1]}: {message}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kiln-train", description="Kiln's training runtime (one command per Job).")
+    p = _Parser(prog="kiln-train", description="Kiln's training runtime (one command per Job).")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("validate-dataset", "validate a Dataset and write its profile"),
                        ("trial", "train one trial of a run (index from $JOB_COMPLETION_INDEX or --index)"),
@@ -31,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
                                           "else inline JSON in $KILN_TRAIN_CONFIG)")
         if name == "trial":
             cmd.add_argument("--index", type=int, default=None, help="trial index (default $JOB_COMPLETION_INDEX)")
+    cmd = sub.add_parser("verify", help="check stored artifacts' sha256 and that they load safely")
+    cmd.add_argument("--uri", action="append", required=True, help="artifact URI (repeatable)")
+    cmd.add_argument("--sha256", action="append", required=True, help="its expected digest, in --uri order")
+    cmd.add_argument("--format", action="append", choices=("skops", "onnx", "joblib"),
+                     help="per --uri; default from the file name (.skops, .onnx, .joblib)")
+    cmd.add_argument("--allow-unsafe", action="store_true", help="load joblib files (they execute code)")
     return p
 
 
@@ -46,14 +59,23 @@ def _index(arg: int | None) -> int:
         raise InvalidSpec(f"${INDEX_ENV} must be an integer, got {raw!r}") from None
 
 
+def _reported_index(args: argparse.Namespace | None):
+    if args is not None and args.index is not None:
+        return args.index
+    raw = os.environ.get(INDEX_ENV)
+    return int(raw) if raw and raw.strip().isdigit() else raw
+
+
 def _crash_lines(exc: BaseException, limit: int = 12) -> str:
     lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
     return "\n".join(lines[-limit:])[-1800:]
 
 
 def dispatch(args: argparse.Namespace) -> dict:
-    from . import select, trial, validate_cmd
+    from . import select, trial, validate_cmd, verify
 
+    if args.command == "verify":  # no configuration: everything is on the command line
+        return verify.run(args.uri, args.sha256, args.format, args.allow_unsafe)
     cfg = spec.parse(spec.load_raw(args.config), needs_pipeline=args.command != "validate-dataset")
     if args.command == "validate-dataset":
         return validate_cmd.run(cfg)
@@ -71,17 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         termination.write({"v": SCHEMA_VERSION, "command": command, "result": "Failed", "reason": "InvalidSpec",
                            "message": f"unknown command {command!r}: use one of {', '.join(COMMANDS)}"})
         return EXIT_PERMANENT
-    args = _parser().parse_args(argv)
-    head = {"v": SCHEMA_VERSION, "command": args.command}
+    head = {"v": SCHEMA_VERSION, "command": argv[0]}
+    args = None
     try:
+        args = _parser().parse_args(argv)
         summary = {**head, **dispatch(args)}
         code = EXIT_OK
     except TrainError as exc:
         summary = {**head, "result": "Failed", "reason": exc.reason, "message": str(exc), **exc.details}
-        if args.command == "trial" and "trial" not in summary:
-            summary["trial"] = args.index if args.index is not None else os.environ.get(INDEX_ENV)
+        if head["command"] == "trial" and "trial" not in summary:
+            summary["trial"] = _reported_index(args)
         code = exc.exit_code
-        print(f"kiln-train {args.command}: {exc.reason}: {exc}", file=sys.stderr)
+        print(f"kiln-train {head['command']}: {exc.reason}: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the one place a crash becomes a report
         first = str(exc).strip().splitlines()
         summary = {**head, "result": "Failed", "reason": "TrainerCrashed",

@@ -74,3 +74,14 @@ class NotReproducible(TrainError):
     """The winning trial's model, refitted, does not score what the trial reported."""
 
     reason = "NotReproducible"
+
+
+class InvalidArtifact(TrainError):
+    """A stored model that cannot be loaded safely: damaged, the wrong format, or holding types Kiln
+    does not trust (reason UntrustedTypes)."""
+
+    reason = "InvalidArtifact"
+
+
+class DigestMismatch(TrainError):
+    reason = "DigestMismatch"

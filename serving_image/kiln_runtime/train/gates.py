@@ -37,7 +37,8 @@ def check(metrics: dict[str, float], gates: tuple[Gate, ...], *, metric: str,
                            "shortBy": short, "message": f"{gate.metric} {_fmt(value)} is above the maximum "
                            f"{_fmt(gate.max)} by {_fmt(short)}"})
     if beat_production_by is not None and production:
-        version = production.get("version", "?")
+        # The operator names the version by its object name; a bare number reads as "version 3".
+        version = production.get("version") or production.get("name") or "?"
         prod_value = (production.get("metrics") or {}).get(metric)
         value = metrics.get(metric)
         if prod_value is None or value is None:

@@ -17,10 +17,11 @@ import math
 import numpy as np
 
 from kiln_runtime.profile import profile_column, profile_frame
+from kiln_runtime.store import sha256_hex
 
 from . import artifacts, gates, onnx_export, search, signature, trial
 from . import storeio as kio
-from .errors import DatasetChanged, NoSuccessfulTrials, NotReproducible, SourceError
+from .errors import DatasetChanged, DigestMismatch, NoSuccessfulTrials, NotReproducible
 from .evaluate import better, score
 from .prepare import prepare
 from .spec import Config
@@ -54,11 +55,8 @@ def best_of(results: list[dict]) -> dict:
 
 def _read_model(best: dict) -> bytes:
     data = kio.read(best["model"]["uri"])
-    from kiln_runtime.store import sha256_hex
-
     if sha256_hex(data) != best["model"]["sha256"]:
-        raise SourceError(f"{best['model']['uri']}: digest mismatch with trial {best['trial']}'s result",
-                          reason="DigestMismatch")
+        raise DigestMismatch(f"{best['model']['uri']}: digest mismatch with trial {best['trial']}'s result")
     return data
 
 

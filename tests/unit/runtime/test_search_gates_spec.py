@@ -60,6 +60,10 @@ def test_beat_production_respects_the_metric_direction():
     [g] = gates.check({"rmse": 9.8}, (), metric="rmse", beat_production_by=0.5, production=prod)
     assert "at most 9.5" in g["message"]
     assert gates.check({"accuracy": 0.1}, (), metric="accuracy", beat_production_by=0.1, production=None) == []
+    # The operator passes the ModelVersion's name rather than its number.
+    [g] = gates.check({"accuracy": 0.91}, (), metric="accuracy", beat_production_by=0.02,
+                      production={"name": "iris-v3", "metrics": {"accuracy": 0.9}})
+    assert "Production version iris-v3 (0.9)" in g["message"]
 
 
 @pytest.mark.parametrize("raw,match", [
