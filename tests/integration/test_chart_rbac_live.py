@@ -1,0 +1,65 @@
+"""The chart's RBAC is enough: the operator, authenticated as the chart's ServiceAccount, reconciles the
+examples without one Forbidden.
+
+The operator runs beside the test (not in a pod), with a token of the chart's ServiceAccount, so this
+holds on the control plane alone. It serves one namespace (the chart's `watchNamespaces` mode): a
+cluster-wide operator would act on every other test's objects. tests/e2e/test_chart_install.py runs
+the operator from the chart's own Deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from operator_process import OperatorProcess, token_kubeconfig
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts/kiln"
+RBAC_TEMPLATES = ("serviceaccount.yaml", "rbac.yaml", "rbac-bindings.yaml", "peering.yaml")
+DENIED = ("Forbidden", "forbidden", "403", "Not enough permissions")
+
+
+def _ready(kubectl, namespace, kind, name):
+    obj = kubectl.json("get", kind, name, "-n", namespace)
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+
+
+def test_the_chart_service_account_reconciles_without_forbidden(kubectl, kubeconfig, crds, namespace, helm, tmp_path):
+    release = f"rbac{os.getpid()}"  # cluster-scoped names (ClusterRoles, bindings) unique to this run
+    show = [arg for t in RBAC_TEMPLATES for arg in ("--show-only", f"templates/{t}")]
+    manifest = subprocess.run(
+        [str(helm), "template", release, str(CHART), "--namespace", namespace, *show,
+         "--set", f"watchNamespaces={{{namespace}}}", "--set", f"peering.name={release}"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    kubectl.apply(manifest)
+    try:
+        sa = f"{release}-kiln-operator"
+        token = kubectl.run("create", "token", sa, "-n", namespace, "--duration=30m").stdout.strip()
+        config = token_kubeconfig(kubeconfig, token, tmp_path / "sa.kubeconfig")
+        log = tmp_path / "operator.log"
+        with OperatorProcess(config, log, "--namespace", namespace, f"--peering={release}") as op:
+            kubectl.run("apply", "-n", namespace, "-f", str(ROOT / "examples"))
+            # Each kind's reconcile ran to its status write; the InferenceService built its children.
+            kubectl.wait_for(lambda: all(_ready(kubectl, namespace, kind, name) for kind, name in (
+                ("dataset", "iris"), ("trainingpipeline", "iris-forest"), ("modelversion", "iris-v1"),
+                ("inferenceservice", "iris"))), timeout=90, what="a Ready condition on every example")
+            for kind, name in (("deployment", "iris-primary"), ("service", "iris"), ("hpa", "iris-primary"),
+                               ("pdb", "iris")):
+                kubectl.run("get", kind, name, "-n", namespace)
+            # The peering lease was written (patch on the KopfPeering object).
+            kubectl.wait_for(lambda: kubectl.json("get", "kopfpeering", release, "-n", namespace).get("status"),
+                             timeout=30, what="this operator's entry in the KopfPeering object")
+            kubectl.wait_for(lambda: kubectl.json("get", "events", "-n", namespace)["items"], timeout=30,
+                             what="an Event posted by the operator")
+            assert op.alive(), log.read_text()[-3000:]
+        text = log.read_text()
+        denied = [line for line in text.splitlines() if any(word in line for word in DENIED)]
+        assert denied == [], "\n".join(denied[:20])
+    finally:
+        kubectl.run("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=manifest, check=False)
