@@ -7,6 +7,7 @@ mounted with `envFrom` provides. Nothing here logs credentials.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -26,15 +27,28 @@ def join(prefix: str, *parts: str) -> str:
     return "/".join([prefix.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+_CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
 def _s3_client():
+    # Building a client costs ~40 ms; selecting among hundreds of trials reads a few objects each.
+    # Keyed on the settings, so a process whose environment changes (tests) gets a fresh client.
+    return _cached_client(tuple(os.environ.get(k) for k in _CLIENT_ENV))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_client(settings: tuple):
     import boto3
     from botocore.config import Config
 
+    env = dict(zip(_CLIENT_ENV, settings))
     # Path-style addressing: MinIO and moto's server do not serve virtual-hosted buckets on loopback.
-    return boto3.client(
+    # A session of its own: boto3's default one caches the credentials it first resolved.
+    return boto3.session.Session().client(
         "s3",
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        endpoint_url=env["AWS_ENDPOINT_URL"] or None,
+        region_name=env["AWS_REGION"] or env["AWS_DEFAULT_REGION"] or "us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
                       connect_timeout=5, read_timeout=30),
     )

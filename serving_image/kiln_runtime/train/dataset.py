@@ -26,6 +26,8 @@ class RawDataset:
 
 
 def parse_table(data: bytes, fmt: str, uri: str = "") -> pd.DataFrame:
+    if not data:
+        raise InvalidData(f"{uri}: the file is empty (0 bytes)")
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq

@@ -139,7 +139,7 @@ def run(cfg: Config) -> dict:
                    "bestTrial": best["trial"], "trials": counts,
                    "allTrials": [{"trial": r["trial"], "score": r["score"], "searchParams": r["searchParams"]}
                                  for r in results],
-                   "failedTrials": failures}
+                   "failedTrials": failures, "onnx": onnx_record}
     for name, doc in (("signature.json", sig), ("metrics.json", metrics_doc), ("baseline.json", baseline)):
         files[name] = {"uri": f"{out}/{name}", "sha256": kio.write_json(f"{out}/{name}", doc)}
 

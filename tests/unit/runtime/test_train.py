@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from sklearn import metrics as m
 from sklearn.ensemble import RandomForestClassifier
@@ -119,6 +120,19 @@ def test_select_writes_the_verified_artifact_set(tmp_path, run_cli):
     assert mv["metrics"] == _read(f"file://{tmp_path}/run/trials/1/result.json")["metrics"]  # refit == trial
     assert not (tmp_path / "run/trials/1/model.skops").exists()  # trial models are not kept by default
 
+    # The recorded parity holds when checked independently on the same held-out rows.
+    metrics_doc = _read(manifest["files"]["metrics.json"]["uri"])
+    assert metrics_doc["onnx"]["parity"] == manifest["onnx"]["parity"]
+    assert metrics_doc["onnx"]["parity"]["rows"] == 38 and metrics_doc["onnx"]["parity"]["labelsMismatched"] == 0
+    model = artifacts.loads(Path(mv["artifact"]["uri"].removeprefix("file://")).read_bytes(), "skops")
+    session = ort.InferenceSession(Path(mv["artifact"]["onnx"]["uri"].removeprefix("file://")).read_bytes())
+    _, X_test, _, _ = _direct_split("iris", 7, 0.25)
+    feeds = {i["name"]: X_test[[i["column"]]].to_numpy(np.float32) for i in sig["onnx"]["inputs"]}
+    labels, probabilities = session.run(["label", "probabilities"], feeds)
+    assert labels.tolist() == model.predict(X_test).tolist()
+    error = np.abs(probabilities - model.predict_proba(X_test)).max()
+    assert error <= 1e-4 and error == pytest.approx(mv["artifact"]["onnx"]["maxProbabilityError"], abs=1e-9)
+
 
 def test_a_failed_gate_writes_no_model_and_says_by_how_much(tmp_path, run_cli):
     cfg = _config(tmp_path, "wine", pipeline("DecisionTreeClassifier", {"max_depth": 1},
@@ -224,6 +238,26 @@ def test_bad_inputs_fail_permanently_with_a_named_cause(tmp_path, run_cli):
     s = _failure(run_cli("select", _config(tmp_path, "iris", good, output=f"file://{tmp_path}/empty")),
                  "NoSuccessfulTrials")
     assert "trial 0: NoResult" in s["message"]
+
+
+def test_empty_and_incomplete_datasets_name_the_problem(tmp_path, run_cli):
+    good = pipeline("RandomForestClassifier", {"n_estimators": 5})
+    frame, spec = dataset_frame("iris")
+    header_only = _config(tmp_path, "iris", good)
+    header_only["dataset"] = write_dataset(tmp_path, "iris", frame.iloc[:0], spec)
+    s = _failure(run_cli("validate-dataset", header_only), "ValidationFailed")
+    assert s["failures"] == [{"check": "minRows", "message": "the data has 0 row(s); at least 10 required"}]
+
+    (tmp_path / "zero.csv").write_bytes(b"")
+    zero = {**header_only, "dataset": {**header_only["dataset"], "source": {"uri": f"file://{tmp_path}/zero.csv"}}}
+    s = _failure(run_cli("trial", zero, index=0), "InvalidData")
+    assert s["message"] == f"file://{tmp_path}/zero.csv: the file is empty (0 bytes)" and s["trial"] == 0
+
+    no_feature = _config(tmp_path, "iris", good)
+    no_feature["dataset"] = write_dataset(tmp_path, "iris", frame.drop(columns="petal_width_cm"), spec)
+    s = _failure(run_cli("trial", no_feature, index=0), "ValidationFailed")
+    assert {"column": "petal_width_cm", "check": "present",
+            "message": "column petal_width_cm is missing from the data"} in s["failures"]
 
 
 def test_a_trainer_crash_reports_the_last_lines_of_the_error(tmp_path, run_cli):
