@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import kopf
@@ -18,3 +19,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Transient API errors retry with backoff instead of failing the handler at once.
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     settings.execution.max_workers = 8
+    # Peering: kopf pauses every operator that sees a live peer of its own priority, so replicas of one
+    # Deployment (same flags) would all stand by. A random priority makes one of them the highest: it
+    # acts, the others wait, and the next highest resumes as soon as it leaves or its lease lapses.
+    settings.peering.priority = random.getrandbits(62)  # fits the int64 the apiserver stores
