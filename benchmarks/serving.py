@@ -180,8 +180,8 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def rss_kb(pids: list[int]) -> int:
-    """Resident memory of the processes and all their descendants (MLServer forks workers)."""
+def process_tree(pids: list[int]) -> set[int]:
+    """The processes and all their descendants (MLServer forks workers)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -197,8 +197,12 @@ def rss_kb(pids: list[int]) -> int:
             if parent == p and child not in tree:
                 tree.add(child)
                 frontier.append(child)
+    return tree
+
+
+def rss_kb(pids: list[int]) -> int:
     total = 0
-    for pid in tree:
+    for pid in process_tree(pids):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -206,6 +210,21 @@ def rss_kb(pids: list[int]) -> int:
         except OSError:
             pass
     return total
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the server's processes have used so far."""
+    total = 0
+    for pid in process_tree(pids):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / _TICK
 
 
 # --- requests ---------------------------------------------------------------------------------------
@@ -286,6 +305,7 @@ class Figure:
     non2xx: int = 0
     socket_errors: int = 0
     rss_mb: float = 0.0
+    per_cpu_s: float = 0.0  # requests per CPU-second the server used: what other load on the core cannot skew
     errors: list = field(default_factory=list)
 
     @property
@@ -305,7 +325,7 @@ def run_wrk(port: int, protocol: str, rows: np.ndarray, concurrency: int, durati
     if line is None:
         raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
     n, secs, p50, p99, non2xx, sock = line.split()[1:]
-    return int(n) / float(secs), float(p50), float(p99), int(non2xx), int(sock)
+    return int(n), float(secs), float(p50), float(p99), int(non2xx), int(sock)
 
 
 def measure(kind: ServerKind, files, running: Running, protocol: str, rows: int, concurrency: int,
@@ -314,9 +334,12 @@ def measure(kind: ServerKind, files, running: Running, protocol: str, rows: int,
     sample = files.X[:rows]
     checker = Checker(running.port, protocol, files, rows, duration)
     checker.start()
+    cpu0 = cpu_seconds(running.pids())
     try:
-        fig.rps, fig.p50_ms, fig.p99_ms, fig.non2xx, fig.socket_errors = run_wrk(
+        n, secs, fig.p50_ms, fig.p99_ms, fig.non2xx, fig.socket_errors = run_wrk(
             running.port, protocol, sample, concurrency, duration, tmp)
+        fig.rps = n / secs
+        fig.per_cpu_s = n / max(cpu_seconds(running.pids()) - cpu0, 1e-9)
     except Exception as exc:
         fig.errors.append(str(exc))
     checker.join(duration + 30)
@@ -376,7 +399,7 @@ def ratio(a: Figure | None, b: Figure | None) -> str:
 def report(figs: list[Figure]) -> None:
     print()
     header = (f"{'model':5} {'server':15} {'proto':5} {'rows':>4} {'conc':>4} {'req/s':>9} {'p50 ms':>8} "
-              f"{'p99 ms':>8} {'RSS MB':>7} {'vs floor':>9} {'vs MLServer':>11}  note")
+              f"{'p99 ms':>8} {'RSS MB':>7} {'req/CPU-s':>9} {'vs floor':>9} {'vs MLServer':>11}  note")
     print(header)
     print("-" * len(header))
     for f in figs:
@@ -386,7 +409,8 @@ def report(figs: list[Figure]) -> None:
             ([f"{f.non2xx} non-2xx"] if f.non2xx else []) + ([f"{f.socket_errors} socket errors"] if f.socket_errors else [])
             + f.errors)[:120]
         print(f"{f.model:5} {f.server:15} {f.protocol:5} {f.rows:>4} {f.concurrency:>4} {f.rps:>9.0f} "
-              f"{f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.rss_mb:>7.0f} {ratio(f, floor):>9} {ratio(f, mls):>11}  {note}")
+              f"{f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.rss_mb:>7.0f} {f.per_cpu_s:>9.0f} {ratio(f, floor):>9} "
+              f"{ratio(f, mls):>11}  {note}")
 
 
 def targets(figs: list[Figure]) -> list[tuple[str, bool | None, str]]:
@@ -402,10 +426,11 @@ def targets(figs: list[Figure]) -> list[tuple[str, bool | None, str]]:
                 ok = k64.rps >= 0.5 * floor64.rps and k64.p99_ms <= 2 * floor64.p99_ms
                 out.append((f"{m} {p} c64: >= 50% of floor req/s, p99 <= 2x floor", ok,
                             f"{k64.rps / floor64.rps:.0%} of {floor64.rps:.0f} req/s; p99 {k64.p99_ms:.2f} vs "
-                            f"{floor64.p99_ms:.2f} ms"))
+                            f"{floor64.p99_ms:.2f} ms; per CPU-second {k64.per_cpu_s / floor64.per_cpu_s:.0%}"))
             if k64 and mls and k64.valid and mls.valid:
                 out.append((f"{m} {p} c64: >= 10x MLServer-with-batching req/s", k64.rps >= 10 * mls.rps,
-                            f"{k64.rps / mls.rps:.1f}x ({k64.rps:.0f} vs {mls.rps:.0f})"))
+                            f"{k64.rps / mls.rps:.1f}x ({k64.rps:.0f} vs {mls.rps:.0f}); per CPU-second "
+                            f"{k64.per_cpu_s / mls.per_cpu_s:.1f}x"))
             if k1 and floor1 and k1.valid and floor1.valid:
                 out.append((f"{m} {p} c1: p50 <= floor p50 + 0.3 ms", k1.p50_ms <= floor1.p50_ms + 0.3,
                             f"{k1.p50_ms:.3f} vs {floor1.p50_ms:.3f} ms"))
@@ -437,6 +462,8 @@ def main() -> int:
     if not args.no_setup:
         subprocess.run(["bash", str(ROOT / "benchmarks/setup_serving_peers.sh")], check=True,
                        stdout=subprocess.DEVNULL)
+    # SIGTERM ends the run through the same `finally` blocks as an error, so no server is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.sched_setaffinity(0, {int(LOAD_CORE)})  # this driver and its checker share the load core
     duration = args.duration or (3.0 if args.quick else 10.0)
     models = (args.models or ("lr" if args.quick else "lr,rf")).split(",")
@@ -487,7 +514,8 @@ def main() -> int:
                                     figs.append(fig)
                                     print(f"  {model} {name:15} {protocol} rows={rows:<2} c={conc:<2} "
                                           f"{fig.rps:9.0f} req/s  p50 {fig.p50_ms:7.2f} ms  p99 {fig.p99_ms:8.2f} ms  "
-                                          f"RSS {fig.rss_mb:4.0f} MB {'' if fig.valid else 'INVALID'}", flush=True)
+                                          f"RSS {fig.rss_mb:4.0f} MB  {fig.per_cpu_s:6.0f} req/CPU-s "
+                                          f"{'' if fig.valid else 'INVALID'}", flush=True)
                     finally:
                         running.stop()
     report(figs)
