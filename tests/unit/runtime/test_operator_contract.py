@@ -1,0 +1,99 @@
+"""The operator/runtime contract, end to end without a cluster: the operator's own Job builders decide the
+command line and the configuration, kiln-train runs exactly that, and what it reports must pass the
+operator's API models. The two packages share no imports (DESIGN.md §3); this test is where they meet,
+so a change on either side that breaks the other fails here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kiln_operator.api.dataset import DatasetSpec
+from kiln_operator.api.model_version import ModelVersionSpec
+from kiln_operator.api.training import TrainingPipelineSpec
+from kiln_operator.builders import training
+from kiln_operator.config import OperatorConfig
+from kiln_runtime.train import cli
+
+from .conftest import write_dataset
+
+
+def _container(job: dict) -> dict:
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _run(job: dict, tmp_path, monkeypatch, index: int | None = None) -> tuple[int, dict]:
+    """Runs the Job's container command in-process with the Job's environment."""
+    container = _container(job)
+    command, *args = container["command"]
+    assert command == "kiln-train" and not container.get("args")
+    for env in container["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # file:// store here
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("KILN_TERMINATION_LOG", str(log))
+    if index is None:
+        monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    else:
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))  # what an Indexed Job's pod gets
+    code = cli.main(args)
+    return code, json.loads(log.read_bytes())
+
+
+@pytest.fixture
+def objects(tmp_path):
+    dataset_spec = DatasetSpec.model_validate(write_dataset(tmp_path, "wine")).wire()
+    dataset = {"apiVersion": "kiln.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "wine", "namespace": "team-a", "uid": "u1", "generation": 1},
+               "spec": dataset_spec, "status": {}}
+    pipeline_spec = TrainingPipelineSpec.model_validate({
+        "datasetRef": {"name": "wine"}, "modelName": "wine",
+        "estimator": {"class": "RandomForestClassifier", "params": {"n_estimators": 10}},
+        "search": {"strategy": "grid", "space": {"max_depth": [2, 4]}, "trials": 3, "parallelism": 2},
+        "gates": {"metrics": [{"metric": "accuracy", "min": 0.5}], "beatProductionBy": 0.0},
+    }).wire()
+    pipeline = {"apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "wine-forest", "namespace": "team-a", "uid": "u2", "generation": 1},
+                "spec": pipeline_spec}
+    cfg = OperatorConfig(artifact_root=f"file://{tmp_path}/artifacts")
+    return dataset, pipeline, cfg
+
+
+def test_the_operators_jobs_run_kiln_train_and_its_reports_fit_the_api(objects, tmp_path, monkeypatch):
+    dataset, pipeline, cfg = objects
+    code, v = _run(training.validation_job(dataset, "g1", f"{cfg.artifact_root}/datasets/wine", cfg),
+                   tmp_path, monkeypatch)
+    assert code == 0 and v["result"] == "Succeeded", v
+    dataset["status"] = {"version": v["version"], "rows": v["rows"], "profileUri": v["profileUri"]}
+
+    production = {"metadata": {"name": "wine-v1"}, "spec": {"metrics": {"accuracy": 0.4}}}
+    config = training.run_config(pipeline, dataset, "r1", f"{cfg.artifact_root}/runs/r1", production, cfg)
+    trials = training.trials_job(pipeline, "r1", config, cfg)
+    assert trials["spec"]["completionMode"] == "Indexed"
+    results = [_run(trials, tmp_path, monkeypatch, index=i) for i in range(trials["spec"]["completions"])]
+    # Two grid points for three completions: the last index has nothing to train and says so.
+    assert [(c, s["result"]) for c, s in results] == [(0, "Succeeded"), (0, "Succeeded"), (0, "Skipped")]
+
+    code, sel = _run(training.select_job(pipeline, "r1", config, cfg), tmp_path, monkeypatch)
+    assert code == 0 and sel["result"] == "Succeeded", sel
+    mv = training.model_version(pipeline, "r1", 2, sel["modelVersion"])
+    spec = ModelVersionSpec.model_validate(mv["spec"])  # extra="forbid": no field the API lacks
+    assert spec.artifact.onnx and spec.artifact.onnx.parity_verified
+    assert spec.lineage.dataset_version == v["version"] and spec.lineage.run == "r1"
+
+    registered = {**mv, "metadata": {**mv["metadata"], "uid": "u3"}, "spec": spec.wire()}
+    code, ver = _run(training.verify_job(registered, cfg), tmp_path, monkeypatch)
+    assert code == 0 and ver["result"] == "Succeeded", ver
+    assert ver["artifacts"][0]["sha256"] == spec.artifact.sha256
+
+
+def test_a_failed_gate_names_the_production_version_the_operator_passed(objects, tmp_path, monkeypatch):
+    dataset, pipeline, cfg = objects
+    dataset["status"] = {}
+    production = {"metadata": {"name": "wine-v7"}, "spec": {"metrics": {"accuracy": 1.0}}}
+    config = training.run_config(pipeline, dataset, "r2", f"{cfg.artifact_root}/runs/r2", production, cfg)
+    trials = training.trials_job(pipeline, "r2", config, cfg)
+    assert _run(trials, tmp_path, monkeypatch, index=0)[0] == 0
+    code, sel = _run(training.select_job(pipeline, "r2", config, cfg), tmp_path, monkeypatch)
+    assert code == 0 and sel["result"] == "GateFailed"
+    assert "does not beat Production version wine-v7 (1)" in sel["message"]
