@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+
+from operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
@@ -22,48 +20,18 @@ EXAMPLES = ROOT / "examples"
 KINDS = ("dataset", "trainingpipeline", "modelversion", "inferenceservice")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Operator:
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
-        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Operator":
-        out = self.log.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kiln_operator", "--kubeconfig", str(self.kubeconfig),
-             "--namespace", self.namespace, "--health", f"http://127.0.0.1:{self.port}/healthz"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        return self
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture()
 def operator(kubeconfig, crds, namespace, tmp_path):
-    op = Operator(kubeconfig, namespace, tmp_path / "operator.log").start()
-    yield op
-    op.stop()
+    with OperatorProcess(kubeconfig, tmp_path / "operator.log", "--namespace", namespace) as op:
+        yield op
+
+
+def _healthy(op: OperatorProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def _ready(kubectl, namespace, kind, name):
@@ -105,7 +73,7 @@ def test_examples_are_reconciled_with_children_events_and_health(kubectl, operat
                                   "observedGeneration"}
     reasons = {(e["involvedObject"]["kind"], e["reason"]) for e in kubectl.json("get", "events", "-n", namespace)["items"]}
     assert ("Dataset", "Validating") in reasons, reasons
-    assert operator.healthy()
+    assert _healthy(operator)
     lines = [line for line in operator.log.read_text().splitlines() if line.startswith("{")]
     assert lines and all("level" in json.loads(line) for line in lines)
 
@@ -141,18 +109,15 @@ def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconf
             body["metadata"]["name"] = f"{body['metadata']['name']}-{i}"
             docs.append(body)
     kubectl.apply(yaml.safe_dump_all(docs), "-n", namespace)
-    first = Operator(kubeconfig, namespace, tmp_path / "op1.log").start()
-    time.sleep(2.5)  # long enough to be in the middle of the 32 objects
-    first.stop(signal.SIGKILL)
-    second = Operator(kubeconfig, namespace, tmp_path / "op2.log").start()
-    try:
+    with OperatorProcess(kubeconfig, tmp_path / "op1.log", "--namespace", namespace) as first:
+        time.sleep(2.5)  # long enough to be in the middle of the 32 objects
+        first.proc.send_signal(signal.SIGKILL)
+    with OperatorProcess(kubeconfig, tmp_path / "op2.log", "--namespace", namespace):
         kubectl.wait_for(lambda: all(_ready(kubectl, namespace, kind, f"{name}-{i}") for i in range(8)
                                      for kind, name in (("dataset", "iris"), ("trainingpipeline", "iris-forest"),
                                                         ("modelversion", "iris-v1"), ("inferenceservice", "iris"))),
                          timeout=120, what="every object reconciled")
         time.sleep(4)  # a few more timer rounds: nothing may be created twice
-    finally:
-        second.stop()
     for kind in KINDS:
         items = kubectl.json("get", kind, "-n", namespace)["items"]
         assert len(items) == 8
