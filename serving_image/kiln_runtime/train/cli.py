@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
     # argparse exits with code 2 and no summary; a bad command line is a bad spec like any other.
     def error(self, message: str):
         self.print_usage(sys.stderr)
-        raise InvalidSpec(f"kiln-train {self.prog.split()[-1]}: {message}")
+        raise InvalidSpec(f"{self.prog}: {message}")
 
 
 def _parser() -> argparse.ArgumentParser:

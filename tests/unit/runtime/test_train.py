@@ -279,6 +279,8 @@ def test_indexes_past_the_plan_are_skipped_and_a_missing_index_is_an_error(tmp_p
     assert out.code == 0 and out.summary["result"] == "Skipped"
     s = _failure(run_cli("trial", cfg), "InvalidSpec")
     assert "JOB_COMPLETION_INDEX" in s["message"]
+    s = _failure(run_cli("trial", cfg, "--index", "two"), "InvalidSpec")  # argparse would exit 2, silently
+    assert s["message"] == "kiln-train trial: argument --index: invalid int value: 'two'"
 
 
 def test_select_refuses_a_winner_whose_refit_does_not_reproduce_its_metrics(tmp_path, run_cli):
