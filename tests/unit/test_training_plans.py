@@ -292,6 +292,16 @@ def test_a_model_version_is_ready_only_after_a_job_checked_its_digest():
     assert conditions(done)["Verified"][0] == conditions(done)["Ready"][0] == "True"
 
 
+def test_the_onnx_file_is_verified_too_and_unsafe_formats_only_when_allowed():
+    mv = registered(verified=False)
+    mv["spec"]["artifact"].update(format="joblib", allowUnsafe=True,
+                                  onnx={"uri": "s3://kiln/m.onnx", "sha256": "d" * 64})
+    (verify,) = registry.plan_model_version(mv, JobView(None), CFG, NOW).apply
+    command = verify["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[2:] == ["--uri", "s3://kiln/m.skops", "--sha256", "c" * 64,
+                           "--uri", "s3://kiln/m.onnx", "--sha256", "d" * 64, "--allow-unsafe"]
+
+
 def test_a_digest_mismatch_marks_the_model_version_failed_with_the_reason():
     mv = registered(verified=False)
     summary = {"result": "Failed", "reason": "DigestMismatch", "message": "expected sha256 cccc, got 1234"}

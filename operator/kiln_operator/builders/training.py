@@ -139,6 +139,10 @@ def verify_job(mv: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     image, so the operator never fetches a model itself."""
     artifact = mv["spec"]["artifact"]
     args = ["verify", "--uri", artifact["uri"], "--sha256", artifact["sha256"]]
+    if artifact.get("onnx"):  # the server may serve this file instead: it is checked alike
+        args += ["--uri", artifact["onnx"]["uri"], "--sha256", artifact["onnx"]["sha256"]]
+    if artifact.get("allowUnsafe"):
+        args.append("--allow-unsafe")
     return _job(mv, verify_job_name(mv), _container(cfg, args, {}, None), labels={},
                 extra_spec={"backoffLimit": 1, "activeDeadlineSeconds": 600})
 
