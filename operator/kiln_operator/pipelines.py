@@ -75,7 +75,7 @@ def _start_run(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Obse
     config = training.run_config(pipeline, dataset, run_id, output_prefix(pipeline, run_id, cfg),
                                  observed.production, cfg)
     out.apply.append(training.trials_job(pipeline, run_id, config, cfg))
-    trials = pipeline["spec"].get("search", {}).get("trials", 1)
+    trials = training.trial_count(pipeline["spec"].get("search", {}))
     out.event("Normal", "RunStarted", f"run {run_id} ({trigger}): {trials} trial(s) on dataset version "
               f"{(dataset['status'].get('version') or '')[:12]}")
     out.status.update(lastRun=run_id, lastRunGeneration=pipeline["metadata"].get("generation"),

@@ -126,6 +126,13 @@ def test_creation_starts_run_one_as_an_indexed_trials_job():
     assert conditions(result)["Ready"][:2] == ("False", "Running")
 
 
+def test_no_more_trial_pods_than_the_space_has_combinations():
+    tp = example("02-trainingpipeline.yaml")
+    tp["spec"]["search"].update(trials=20, space={"max_depth": [2, 4], "n_estimators": [10, 50, 100]})
+    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    assert trials["spec"]["completions"] == 6 and trials["spec"]["maxFailedIndexes"] == 5
+
+
 def running(tp: dict, phase: str = "Running", run_id: str = "r1") -> dict:
     tp = copy.deepcopy(tp)
     tp["status"] = {"lastRun": run_id, "lastRunGeneration": 1, "lastDatasetVersion": VERSION,

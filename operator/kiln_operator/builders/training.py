@@ -9,6 +9,7 @@ Jobs' podFailurePolicy turns a permanent error into a failed Job at once (no ret
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ..config import OperatorConfig
@@ -102,10 +103,17 @@ def run_config(pipeline: dict[str, Any], dataset: dict[str, Any], run_id: str, o
     return config
 
 
+def trial_count(search: dict[str, Any]) -> int:
+    """`trials`, but never more than the space has combinations: an index beyond them would only pay
+    for a pod that imports scikit-learn to find nothing to train."""
+    combinations = math.prod(len(values) for values in (search.get("space") or {}).values())
+    return max(1, min(search.get("trials", 1), combinations))
+
+
 def trials_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     spec = pipeline["spec"]
     search = spec.get("search", {})
-    trials = search.get("trials", 1)
+    trials = trial_count(search)
     return _job(pipeline, run_job_name(pipeline, run_id, "trials"),
                 _container(cfg, ["trial"], config, spec.get("resources")),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "trials"},
