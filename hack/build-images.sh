@@ -3,7 +3,7 @@
 # them into its `k8s.io` namespace as docker.io/kiln/NAME:dev (no registry is reachable: pods use these
 # local tags with imagePullPolicy IfNotPresent). Every image is keyed by a hash of its inputs, so a
 # warm run only compares hashes.
-#   build-images.sh [pause|coredns|metrics-server|runtime|operator|all]...   (default: all)
+#   build-images.sh [pause|coredns|metrics-server|base|runtime|operator|all]...   (default: all)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 IMAGES=$KILN_CACHE/images
@@ -119,6 +119,18 @@ debian_base() {
   log "debian base: $BASE_REF"
 }
 
+# base: the Debian base itself as docker.io/kiln/base:dev (python3, a shell, coreutils; user root),
+# for tests and ad-hoc pods.
+img_base() {
+  debian_base
+  local h=${BASE_REF##*:}
+  if [ ! -f "$IMAGES/base-$h.tar" ]; then
+    "${BUILDAH[@]}" push --quiet "$BASE_REF" "docker-archive:$IMAGES/base-$h.tar.tmp:docker.io/kiln/base:dev" >/dev/null
+    mv "$IMAGES/base-$h.tar.tmp" "$IMAGES/base-$h.tar"
+  fi
+  import base "$h"
+}
+
 # The wheelhouse: every wheel the runtime and operator need, downloaded on the host (pip inside a
 # build has no index), keyed by pyproject.toml. The project's own wheel is built per image hash.
 wheelhouse() {
@@ -159,14 +171,15 @@ py_image() {
 }
 
 targets=${*:-all}
-[ "$targets" = all ] && targets="pause coredns metrics-server runtime operator"
+[ "$targets" = all ] && targets="pause coredns metrics-server base runtime operator"
 for t in $targets; do
   case $t in
     pause) img_pause ;;
     coredns) img_addon coredns hack/addons/coredns . ;;
     metrics-server) img_addon metrics-server hack/addons/metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    base) img_base ;;
     runtime) py_image runtime serving_image/Dockerfile runtime ;;
     operator) py_image operator operator/Dockerfile operator ;;
-    *) die "unknown image '$t' (pause, coredns, metrics-server, runtime, operator, all)" ;;
+    *) die "unknown image '$t' (pause, coredns, metrics-server, base, runtime, operator, all)" ;;
   esac
 done

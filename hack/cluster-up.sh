@@ -18,16 +18,22 @@ if [ "$all_up" = 1 ] && curl_api /readyz >/dev/null 2>&1 && { [ "$KILN_NODE" = 0
   log "already up: nothing to do"
 else
   # Build only what is missing (a cold build takes minutes and prints its progress).
-  need_build=0
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    find_bin "$c" >/dev/null || need_build=1
-  done
-  [ "$need_build" = 1 ] && bash "$here/build-k8s.sh" kube-apiserver kube-controller-manager kube-scheduler kubectl
+  k8s_cmds="kube-apiserver kube-controller-manager kube-scheduler kubectl"
+  [ "$KILN_NODE" = 0 ] || { require_root "the node"; bash "$here/install-deps.sh"; k8s_cmds+=" kubelet kube-proxy"; }
+  missing=()
+  for c in $k8s_cmds; do find_bin "$c" >/dev/null || missing+=("$c"); done
+  [ ${#missing[@]} -eq 0 ] || bash "$here/build-k8s.sh" "${missing[@]}"
   find_bin etcd >/dev/null || bash "$here/build-etcd.sh"
   bash "$here/pki.sh"
   log "PKI ready in $PKI"
+  # The network first: with a node the apiserver listens beyond loopback, and net-up.sh's rules
+  # confine its port to loopback and the bridge before it starts.
+  [ "$KILN_NODE" = 0 ] || bash "$here/net-up.sh"
   bash "$here/control-plane-up.sh"
   [ "$KILN_NODE" = 0 ] || bash "$here/node-up.sh"
 fi
+# The project's images (a base for tests, the runtime, the operator), also on the fast path: they are
+# keyed by content hash, so this takes a second unless their sources changed.
+[ "$KILN_NODE" = 0 ] || bash "$here/build-images.sh" base runtime operator
 log "cluster is up. To use it:"
 echo "export KUBECONFIG=$KUBECONFIG_ADMIN"

@@ -39,7 +39,7 @@ log "etcd: healthy"
 # endpoint), so it listens on all addresses; node-up.sh adds an INPUT rule that drops its port on
 # every interface but loopback and the bridge. Without a node it listens on loopback only.
 if [ "$KILN_NODE" = 0 ]; then bind=127.0.0.1; else bind=0.0.0.0; fi
-run kube-apiserver "$APISERVER_PORT" "$(find_bin kube-apiserver)" \
+apiserver_args=(
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
   --bind-address="$bind" --secure-port="$APISERVER_PORT" --advertise-address="$BRIDGE_IP" \
   --service-cluster-ip-range="$SERVICE_CIDR" \
@@ -59,6 +59,14 @@ run kube-apiserver "$APISERVER_PORT" "$(find_bin kube-apiserver)" \
   --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
   --enable-aggregator-routing=true \
   --profiling=false
+)
+# A restart of the apiserver with open watches from the controllers waits for them for a long time:
+# stop the controllers first (they are started again below).
+if pid_of kube-apiserver >/dev/null && ! args_same kube-apiserver "${apiserver_args[@]}"; then
+  stop_daemon kube-scheduler 15
+  stop_daemon kube-controller-manager 15
+fi
+run kube-apiserver "$APISERVER_PORT" "$(find_bin kube-apiserver)" "${apiserver_args[@]}"
 wait_for "kube-apiserver /readyz" 90 kube-apiserver curl_api /readyz
 log "kube-apiserver: ready on https://127.0.0.1:$APISERVER_PORT"
 

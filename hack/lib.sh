@@ -6,7 +6,7 @@ KILN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
 KILN_STATE=${KILN_STATE:-$KILN_CACHE/state}
 # KILN_NODE=0 brings up the control plane only (no kubelet, containerd, network, DNS or metrics).
-KILN_NODE=${KILN_NODE:-0}  # TEMPORARY: 0 until the node (stage 2) is verified
+KILN_NODE=${KILN_NODE:-0}  # TEMPORARY: 0 until the node tests run in CI (tests/e2e/test_node.py)
 
 K8S_VERSION=1.37.2
 ETCD_VERSION=3.6.16
@@ -164,6 +164,14 @@ port_free_or_ours() {
   ours=$(pid_of "$name" 2>/dev/null || true)
   [ "$holder" = "$ours" ] && return 0
   die "port $port (for $name) is already taken by pid $holder: $(tr '\0' ' ' </proc/"$holder"/cmdline 2>/dev/null | cut -c1-120). Stop it, or set KILN_*_PORT."
+}
+
+# write_if_changed PATH: writes stdin to PATH only when the content differs (kube-proxy exits when its
+# configuration file is rewritten, even with the same content).
+write_if_changed() {
+  local tmp; tmp=$(mktemp "$1.XXXX")
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
 }
 
 # kubectl_ ARGS...: our kubectl against our cluster, with a request timeout so that nothing hangs.

@@ -22,16 +22,14 @@ if pid_of kubelet >/dev/null && curl_api /readyz >/dev/null 2>&1; then
     deadline=$(( $(date +%s) + 60 ))
     # Pods disappear from the API once the kubelet has stopped them; DaemonSet pods may come back, the
     # sweep below handles those.
-    while [ -n "$(kubectl_ get pods -A --field-selector "spec.nodeName=$NODE_NAME" -o name 2>/dev/null)" ]; do
+    # Done when the API has no pod left on the node, or when containerd runs no container any more
+    # (the kubelet has then stopped every sandbox and torn its network down; the API may lag).
+    while [ -n "$(kubectl_ get pods -A --field-selector "spec.nodeName=$NODE_NAME" -o name 2>/dev/null)" ] \
+        && [ -n "$(ctr --address "$CTRD_SOCK" -n k8s.io tasks ls -q 2>/dev/null)" ]; do
       [ "$(date +%s)" -ge "$deadline" ] && { log "some pods are still there after 60 s: sweeping"; break; }
       sleep 1
     done
   fi
-  # The kubelet removes sandboxes shortly after the pods are gone; give it a moment to do it cleanly.
-  for _ in $(seq 1 20); do
-    [ -z "$(ctr --address "$CTRD_SOCK" -n k8s.io tasks ls -q 2>/dev/null)" ] && break
-    sleep 0.5
-  done
 fi
 
 # 2. The node's processes: the kubelet first (so that nothing restarts containers), then kube-proxy.
@@ -67,6 +65,8 @@ for m in "${mounts[@]}"; do
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
 done
 [ ${#mounts[@]} -gt 0 ] && log "unmounted ${#mounts[@]} leftover mounts"
+# The files the pods' network namespaces were mounted on (the namespaces are gone with the mounts).
+rm -rf "$CTRD/state/io.containerd.grpc.v1.cri/netns"
 # The pods' cgroups, leaves first (rmdir of an empty cgroup is how cgroup v1 removes it).
 for d in /sys/fs/cgroup/*/kubepods; do
   [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true

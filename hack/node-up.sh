@@ -54,7 +54,7 @@ fi
 mkdir -p "$CTRD" "$KILN_CACHE/containerd" "$KILN_STATE/cni/net.d" "$KILN_STATE/cni/ipam"
 # Images live in the cache (they survive cluster-purge: a pause or runtime image is slow to rebuild);
 # the runtime state (sockets, netns, tasks) lives in the state dir.
-cat >"$CTRD/config.toml" <<EOF
+write_if_changed "$CTRD/config.toml" <<EOF
 version = 2
 root = "$KILN_CACHE/containerd"
 state = "$CTRD/state"
@@ -85,7 +85,7 @@ EOF
 # service range: no default route, so a connect to any outside address fails at once. isGateway is
 # off because the plugin would then enable IPv4 forwarding machine-wide; net-up.sh already gave the
 # bridge its address and enabled forwarding on it alone.
-cat >"$KILN_STATE/cni/net.d/10-kiln.conflist" <<EOF
+write_if_changed "$KILN_STATE/cni/net.d/10-kiln.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "kiln",
@@ -106,7 +106,14 @@ cat >"$KILN_STATE/cni/net.d/10-kiln.conflist" <<EOF
   ]
 }
 EOF
-run containerd "$(command -v containerd)" --config "$CTRD/config.toml"
+# No registry is reachable, and none may be tried: a missing image must fail on this machine, not
+# send a request (or a DNS lookup) outside. An HTTP(S) proxy on a closed loopback port does that for
+# every registry at once: containerd's pulls go to it and are refused at once.
+(
+  export HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 \
+    http_proxy=http://127.0.0.1:9 NO_PROXY= no_proxy=
+  run containerd "$(command -v containerd)" --config "$CTRD/config.toml" --log-level=warn
+)
 wait_for "containerd's socket" 30 containerd ctr --address "$CTRD_SOCK" version
 log "containerd: ready ($CTRD_SOCK)"
 
@@ -115,7 +122,7 @@ bash "$here/build-images.sh" pause
 
 # --- kubelet ----------------------------------------------------------------------------------------
 mkdir -p "$KUBELET_DIR" "$KILN_STATE/pod-logs"
-cat >"$KILN_STATE/kubelet.yaml" <<EOF
+write_if_changed "$KILN_STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 # This machine has cgroup v1 only.
@@ -157,7 +164,7 @@ kubectl_ uncordon "$NODE_NAME" >/dev/null
 log "kubelet: node $NODE_NAME registered"
 
 # --- kube-proxy -------------------------------------------------------------------------------------
-cat >"$KILN_STATE/kube-proxy.yaml" <<EOF
+write_if_changed "$KILN_STATE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
