@@ -1,0 +1,162 @@
+"""Observability end to end: real serving pods on the local node, scraped by the local Prometheus.
+
+A small classifier and its baseline profile go to an S3 server (moto) on the bridge's host address,
+where pods reach it. The serving Deployment is the operator's own (builders.serving.deployment: the
+server and the drift sidecar, labels, annotations, named ports), applied without its owner so no
+operator is needed. Traffic goes to the pod over the bridge. Then every panel of every dashboard must
+return data from the real Prometheus, and shifting one feature must show as drift there and turn the
+KilnDriftDetected alert pending. Needs the node (hack/node-up.sh) and the runtime image (make images).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import boto3
+import numpy as np
+import pandas as pd
+import prometheus_local
+import pytest
+import serve_models
+
+from kiln_operator.builders import serving
+from kiln_operator.config import OperatorConfig
+from kiln_runtime.profile import profile_column, profile_frame
+
+pytestmark = pytest.mark.cluster
+
+BRIDGE_IP = "10.244.0.1"  # hack/lib.sh: the pod bridge's host side, reachable from pods
+BUCKET = "kiln-e2e"
+WINDOW = 400  # rows in the sidecar's window: drift is decided from 100 rows on
+
+
+@pytest.fixture(scope="session")
+def prometheus(kubeconfig):
+    yield from prometheus_local.session()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on the bridge's host address: pods reach it, nothing outside does."""
+    with socket.socket() as s:
+        s.bind((BRIDGE_IP, 0))  # fails at once, naming the address, when the node's bridge is down
+        port = s.getsockname()[1]
+    url = f"http://{BRIDGE_IP}:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", BRIDGE_IP, "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, f"moto did not start on {url}"
+                time.sleep(0.2)
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id="e2e", aws_secret_access_key="e2e")
+        client.create_bucket(Bucket=BUCKET)
+        yield url, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def model(s3, tmp_path_factory):
+    """A logistic regression on 20 numeric features, its signature and its baseline, in S3."""
+    url, client = s3
+    files = serve_models.build(tmp_path_factory.mktemp("model"), "lr")
+    signature = json.loads(files.signature.read_text())
+    signature.pop("onnx", None)
+    frame = pd.DataFrame(files.X, columns=serve_models.FEATURES)
+    baseline = profile_frame(frame, {n: "number" for n in serve_models.FEATURES})
+    baseline["predictions"] = profile_column([str(v) for v in files.labels], "category")
+    client.upload_file(str(files.skops), BUCKET, "m/1/model.skops")
+    client.put_object(Bucket=BUCKET, Key="m/1/profile.json", Body=json.dumps(baseline).encode())
+    mv = {"metadata": {"name": "m-v1"}, "spec": {
+        "modelName": "m", "version": 1, "signature": signature, "baselineUri": f"s3://{BUCKET}/m/1/profile.json",
+        "artifact": {"uri": f"s3://{BUCKET}/m/1/model.skops", "sha256": files.sha["model.skops"], "format": "skops"}}}
+    return mv, files
+
+
+def deploy(kubectl, namespace: str, mv: dict, s3_url: str) -> str:
+    """Applies the operator's serving Deployment; returns the ready pod's IP."""
+    isvc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "m", "namespace": namespace, "uid": "unused"},
+            "spec": {"monitoring": {"drift": {"enabled": True, "windowRows": WINDOW}},
+                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}
+    cfg = OperatorConfig(s3_endpoint=s3_url, extra_env={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e"})
+    dep = serving.deployment(isvc, mv, "primary", cfg)
+    dep["metadata"].pop("ownerReferences")  # no InferenceService object: the GC would delete an orphan
+    dep["spec"]["replicas"] = 1
+    kubectl.apply(json.dumps(dep), "-n", namespace)
+    name = dep["metadata"]["name"]
+    rollout = kubectl.run("-n", namespace, "rollout", "status", f"deploy/{name}", "--timeout=180s",
+                          check=False, timeout=200)
+    if rollout.returncode != 0:
+        describe = kubectl.run("-n", namespace, "describe", "pods", check=False).stdout[-4000:]
+        logs = kubectl.run("-n", namespace, "logs", f"deploy/{name}", "--all-containers", "--tail=30",
+                           check=False).stdout
+        raise AssertionError(f"the serving pod did not become ready:\n{rollout.stderr}\n{describe}\n{logs}")
+    pods = kubectl.json("-n", namespace, "get", "pods", "-l", "kiln.dev/role=primary")["items"]
+    (ip,) = [p["status"]["podIP"] for p in pods if p["metadata"].get("deletionTimestamp") is None]
+    return ip
+
+
+def predict(ip: str, rows: np.ndarray, batch: int = 20) -> None:
+    for start in range(0, len(rows), batch):
+        body = json.dumps({"instances": rows[start:start + batch].tolist()}).encode()
+        req = urllib.request.Request(f"http://{ip}:{serving.SERVER_PORT}/v1/models/m:predict", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+
+def test_every_panel_returns_data_and_drift_fires_an_alert(kubectl, namespace, prometheus, model, s3):
+    mv, files = model
+    ip = deploy(kubectl, namespace, mv, s3[0])
+    rng = np.random.default_rng(1)
+    in_distribution = rng.normal(size=(WINDOW, len(serve_models.FEATURES)))
+    predict(ip, in_distribution)
+
+    queries = prometheus_local.dashboard_queries({"namespace": namespace, "model": "m"})
+
+    def empty_panels():
+        # A panel shows data when any of its queries returns a series: a classifier has no
+        # regression buckets.
+        return [f"{board} / {title}" for board, title, exprs in queries
+                if not any(prometheus.query(e) for e in exprs)]
+
+    # The sidecar evaluates every 15 s, Prometheus scrapes every 5 s, rate() needs two scrapes.
+    # Traffic keeps flowing meanwhile so that rates are not zero.
+    deadline = time.monotonic() + 90
+    while (missing := empty_panels()) and time.monotonic() < deadline:
+        predict(ip, rng.normal(size=(40, len(serve_models.FEATURES))))
+        time.sleep(2)
+    assert not missing, f"panels without data: {missing}"
+    up = prometheus.query(f'up{{namespace="{namespace}"}}')
+    assert {(s["metric"]["container"], s["value"][1]) for s in up} == {("server", "1"), ("monitor", "1")}
+
+    # Shift f0 by three standard deviations: the sidecar sees it, Prometheus records it, the alert
+    # rule turns pending.
+    shifted = rng.normal(size=(WINDOW, len(serve_models.FEATURES)))
+    shifted[:, 0] += 3.0
+    predict(ip, shifted)
+
+    def f0_drifts():
+        return prometheus.query(f'kiln_feature_drift_detected{{namespace="{namespace}", feature="f0"}} == 1')
+
+    prometheus.wait_for(f0_drifts, timeout=60, what="f0 drifting in Prometheus")
+
+    def alert():
+        return [a for a in prometheus.get("/api/v1/alerts")["alerts"]
+                if a["labels"]["alertname"] == "KilnDriftDetected" and a["labels"].get("namespace") == namespace]
+
+    (a,) = prometheus.wait_for(alert, timeout=30, what="KilnDriftDetected pending")
+    assert a["labels"]["model"] == "m" and a["labels"]["version"] == "1"
