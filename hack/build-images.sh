@@ -12,6 +12,10 @@ BUILDAH=(buildah --root "$KILN_CACHE/buildah/storage" --runroot "$KILN_CACHE/bui
 mkdir -p "$IMAGES/bin"
 command -v buildah >/dev/null || die "buildah is missing: run hack/install-deps.sh"
 [ "$(id -u)" = 0 ] || die "building images with buildah needs root here"
+# One build at a time: concurrent runs (two test sessions, make images) would share the tars and the
+# buildah storage. The lock is released when this script exits.
+exec {lock}>"$IMAGES/.lock"
+flock -n "$lock" || { log "another image build is running: waiting for it"; flock "$lock"; }
 
 # hash_of PATH...: a short hash of the files' names and contents (bytecode and caches left out).
 hash_of() {
@@ -31,20 +35,26 @@ go_binary() {
   echo "$out"
 }
 
-# build NAME HASH CONTEXT DOCKERFILE [--build-arg K=V]...: $IMAGES/NAME-HASH.tar (docker-archive),
-# built with buildah bud unless that tar already exists. The build has no network.
+# build NAME HASH CONTEXT DOCKERFILE [BUD ARGS]...: $IMAGES/NAME-HASH.tar (docker-archive), built with
+# buildah bud unless that tar already exists. The build has no network. Layers are cached, so a change
+# of the code alone rebuilds only the small layers after the dependencies.
 build() {
   local name=$1 hash=$2 ctx=$3 file=$4; shift 4
-  local tar=$IMAGES/$name-$hash.tar t0=$SECONDS
+  local tar=$IMAGES/$name-$hash.tar t0=$SECONDS old
   [ -f "$tar" ] && { log "$name: cached ($hash)"; return 0; }
   log "$name: building the image ($hash)..."
-  "${BUILDAH[@]}" bud --quiet --pull=never --network=none --layers=false -f "$file" "$@" \
+  old=$("${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "kiln/$name:dev" 2>/dev/null || true)
+  "${BUILDAH[@]}" bud --pull=never --network=none --layers=true -f "$file" "$@" \
     -t "kiln/$name:dev" "$ctx" >"$IMAGES/$name.build.log" 2>&1 \
     || { tail -n 30 "$IMAGES/$name.build.log" >&2; die "building image $name failed (log: $IMAGES/$name.build.log)"; }
+  log "$name: built in $((SECONDS - t0)) s; exporting it..."
   "${BUILDAH[@]}" push --quiet "kiln/$name:dev" "docker-archive:$tar.tmp:docker.io/kiln/$name:dev" >/dev/null
   mv "$tar.tmp" "$tar"
   find "$IMAGES" -maxdepth 1 -name "$name-*.tar" ! -name "$name-$hash.tar" -delete
-  log "$name: built in $((SECONDS - t0)) s ($(du -m "$tar" | cut -f1) MB)"
+  # The previous build of this image, now untagged: removed so that storage does not grow with every
+  # change (its cached dependency layers stay, they belong to the new image too).
+  [ -n "$old" ] && "${BUILDAH[@]}" rmi "$old" >/dev/null 2>&1 || true
+  log "$name: image ready in $((SECONDS - t0)) s ($(du -m "$tar" | cut -f1) MB)"
 }
 
 # import NAME HASH: loads $IMAGES/NAME-HASH.tar into the node's containerd unless that hash is there.
@@ -56,9 +66,13 @@ import() {
   [ -S "$CTRD_SOCK" ] && timeout 5 "${ctr[@]}" version >/dev/null 2>&1 \
     || { log "$name: containerd is not running; the image is imported by the next cluster-up"; return 0; }
   if timeout 20 "${ctr[@]}" images ls "name==$ref" 2>/dev/null | grep -q "kiln.dev/hash=$hash"; then
+    log "$name: up to date ($hash)"
     return 0
   fi
+  # Once more on failure: containerd 1.6 now and then loses a race between an import that reuses the
+  # layers of the image it replaces and its own garbage collection ("parent snapshot ... not found").
   timeout 300 "${ctr[@]}" images import "$IMAGES/$name-$hash.tar" >/dev/null \
+    || { sleep 2; timeout 300 "${ctr[@]}" images import "$IMAGES/$name-$hash.tar" >/dev/null; } \
     || die "importing $name into containerd failed"
   "${ctr[@]}" images label "$ref" "kiln.dev/hash=$hash" >/dev/null
   log "$name: imported into containerd as $ref"
@@ -135,7 +149,7 @@ img_base() {
 # build has no index), keyed by pyproject.toml. The project's own wheel is built per image hash.
 wheelhouse() {
   local h py
-  h=$(hash_of pyproject.toml)
+  h=$( { hash_of pyproject.toml; echo "with setuptools"; } | sha256sum | cut -c1-16)
   WHEELS=$KILN_CACHE/wheelhouse-$h
   [ -f "$WHEELS/.complete" ] && return 0
   py=$(bash "$KILN_ROOT/hack/venv.sh")/bin/python
@@ -143,29 +157,25 @@ wheelhouse() {
     || die "python3.11 is needed to fetch wheels matching the images' Python (Debian bookworm: 3.11)"
   log "wheelhouse: fetching the runtime and operator dependencies..."
   rm -rf "$WHEELS"; mkdir -p "$WHEELS"
-  timeout 900 "$py" -m pip wheel -q -w "$WHEELS" "$KILN_ROOT[runtime,operator]" >"$IMAGES/wheelhouse.log" 2>&1 \
+  # setuptools too: the images build the project from source with pip, in an isolated build env.
+  timeout 900 "$py" -m pip wheel -q -w "$WHEELS" "setuptools>=69" "$KILN_ROOT[runtime,operator]" >"$IMAGES/wheelhouse.log" 2>&1 \
     || { tail -n 20 "$IMAGES/wheelhouse.log" >&2; die "pip wheel failed (log: $IMAGES/wheelhouse.log)"; }
   rm -f "$WHEELS"/kiln-*.whl
   touch "$WHEELS/.complete"
   find "$KILN_CACHE" -maxdepth 1 -name 'wheelhouse-*' ! -name "wheelhouse-$h" -exec rm -rf {} +
 }
 
-# py_image NAME DOCKERFILE EXTRA: an image of the project from its Dockerfile, on the Debian base, with
-# pip installing `kiln[EXTRA]` from the wheelhouse only.
+# py_image NAME DOCKERFILE: an image of the project from its Dockerfile (context: the repository, cut
+# down by .dockerignore), on the Debian base, with pip reading only the wheelhouse mounted at /wheels.
 py_image() {
-  local name=$1 file=$2 extra=$3 h ctx
+  local name=$1 file=$2 h
   debian_base
   wheelhouse
-  h=$( { hash_of pyproject.toml serving_image operator "$file"; echo "$BASE_REF $WHEELS"; } | sha256sum | cut -c1-16)
+  h=$( { hash_of pyproject.toml README.md .dockerignore serving_image operator "$file"; echo "$BASE_REF $WHEELS"; } \
+    | sha256sum | cut -c1-16)
   if [ ! -f "$IMAGES/$name-$h.tar" ]; then
-    ctx=$(mktemp -d)
-    mkdir "$ctx/wheels"
-    cp -l "$WHEELS"/*.whl "$ctx/wheels/" 2>/dev/null || cp "$WHEELS"/*.whl "$ctx/wheels/"
-    (cd "$KILN_ROOT" && "$(bash hack/venv.sh)/bin/python" -m pip wheel -q --no-deps -w "$ctx/wheels" . >/dev/null) \
-      || die "building the project's wheel failed"
-    build "$name" "$h" "$ctx" "$KILN_ROOT/$file" --build-arg "BASE=$BASE_REF" \
-      --build-arg "PIP_ARGS=--no-index --find-links=/src/wheels" --build-arg "KILN_SPEC=kiln[$extra]"
-    rm -rf "$ctx"
+    build "$name" "$h" "$KILN_ROOT" "$KILN_ROOT/$file" --build-arg "BASE=$BASE_REF" \
+      --build-arg "PIP_ARGS=--no-index --find-links=/wheels" --volume "$WHEELS:/wheels:ro"
   fi
   import "$name" "$h"
 }
@@ -178,8 +188,8 @@ for t in $targets; do
     coredns) img_addon coredns hack/addons/coredns . ;;
     metrics-server) img_addon metrics-server hack/addons/metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server ;;
     base) img_base ;;
-    runtime) py_image runtime serving_image/Dockerfile runtime ;;
-    operator) py_image operator operator/Dockerfile operator ;;
+    runtime) py_image runtime serving_image/Dockerfile ;;
+    operator) py_image operator operator/Dockerfile ;;
     *) die "unknown image '$t' (pause, coredns, metrics-server, base, runtime, operator, all)" ;;
   esac
 done
