@@ -86,3 +86,13 @@ def test_service_selects_every_role_and_hpa_targets_its_deployment():
                                                        (3, 10, (9, 1)), (2, 100, (0, 2)), (1, 1, (19, 1))])
 def test_replica_split_realises_the_canary_share(minimum, percent, expected):
     assert serving.split_replicas(minimum, percent) == expected
+
+
+def test_without_a_monitoring_sidecar_the_server_hands_off_nothing():
+    from kiln_operator.builders.serving import server_env
+
+    isvc_spec = {"monitoring": {"drift": {"enabled": False}}}
+    mv = {"metadata": {"name": "iris-v1"}, "spec": {"modelName": "iris", "version": 1,
+          "artifact": {"uri": "s3://b/m", "sha256": "a" * 64}, "signature": {"inputs": [], "output": {}}}}
+    env = {e["name"]: e["value"] for e in server_env(isvc_spec, mv, monitored=False)}
+    assert env["KILN_HANDOFF_SOCKET"] == "off"

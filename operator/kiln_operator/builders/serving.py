@@ -50,7 +50,7 @@ def _env(pairs: dict[str, Any]) -> list[dict[str, str]]:
     return [{"name": k, "value": str(v)} for k, v in pairs.items() if v is not None]
 
 
-def server_env(isvc_spec: dict[str, Any], mv: dict[str, Any]) -> list[dict[str, str]]:
+def server_env(isvc_spec: dict[str, Any], mv: dict[str, Any], monitored: bool = True) -> list[dict[str, str]]:
     spec = mv["spec"]
     artifact = spec["artifact"]
     onnx = artifact.get("onnx") or {}
@@ -69,7 +69,8 @@ def server_env(isvc_spec: dict[str, Any], mv: dict[str, Any]) -> list[dict[str, 
         "KILN_PORT": SERVER_PORT,
         "KILN_MAX_BATCH_SIZE": batching.get("maxBatchSize", 32),
         "KILN_MAX_LATENCY_MS": batching.get("maxLatencyMs", 2),
-        "KILN_HANDOFF_SOCKET": f"{HANDOFF_DIR}/handoff.sock",
+        # Without a sidecar every row would be counted as a dropped hand-off.
+        "KILN_HANDOFF_SOCKET": f"{HANDOFF_DIR}/handoff.sock" if monitored else "off",
     })
 
 
@@ -106,7 +107,7 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: Operato
         "image": cfg.runtime_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["kiln-serve"],
-        "env": server_env(spec, mv) + cfg.store_env(),
+        "env": server_env(spec, mv, monitored=bool(drift_on)) + cfg.store_env(),
         "envFrom": cfg.store_env_from(),
         "ports": [{"name": "http", "containerPort": SERVER_PORT}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
