@@ -58,6 +58,8 @@ def from_reports(reports: list[dict[str, Any]]) -> Verdict | None:
             if stats.get("psi") is not None:
                 seen["psi"] = max(seen["psi"] or 0.0, float(stats["psi"]))
             seen["drift"] = seen["drift"] or bool(stats.get("drift"))
+    if not features:  # every window is still below its minimum rows: no verdict either way
+        return None
     return Verdict(detected=any(bool(r.get("driftDetected")) for r in usable), features=features,
                    window_rows=sum(int(r.get("windowRows") or 0) for r in usable))
 
@@ -78,7 +80,7 @@ def plan(isvc: dict[str, Any], verdict: Verdict | None, now: str) -> Outcome:
     if verdict is None:
         out.status["drift"] = {**previous, "observedAt": now}
         out.conditions.append(("DriftDetected", "Unknown", "NoReport",
-                               "no monitoring sidecar has a drift report yet (too few requests, or starting)"))
+                               "no monitoring sidecar has a drift verdict yet (fewer requests than its window needs, or starting)"))
         return out
     ranked = sorted(verdict.features.items(), key=lambda kv: (kv[1]["drift"], kv[1]["psi"] or 0.0), reverse=True)
     worst = [{"name": n, "psi": round(f["psi"], 4)} for n, f in ranked[:WORST] if f["psi"] is not None]

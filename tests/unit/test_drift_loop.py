@@ -57,6 +57,8 @@ def test_alert_only_never_requests_a_run():
 
 def test_no_report_yet_is_unknown_not_false():
     assert drift.from_reports([{"status": "starting"}]) is None
+    filling = {"driftDetected": False, "windowRows": 40, "features": {"x": {"evaluated": False, "psi": None}}}
+    assert drift.from_reports([filling]) is None
     assert conditions(drift.plan(isvc(), None, NOW))["DriftDetected"][:2] == ("Unknown", "NoReport")
 
 
