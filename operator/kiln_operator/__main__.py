@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import kopf  # imported after the kubeconfig is chosen: kopf's login reads it
 
-    from . import handlers, settings  # noqa: F401  (registers the handlers)
+    from . import finalizers, handlers, settings  # noqa: F401  (registers the handlers)
+
+    finalizers.release_stuck(args.namespace)
 
     kopf.run(
         clusterwide=not args.namespace,

@@ -133,3 +133,18 @@ def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconf
                         if c["metadata"]["ownerReferences"][0]["kind"].lower() + "s" == parent_kind]
             assert len(children) == 8, kind
             assert {c["metadata"]["ownerReferences"][0]["uid"] for c in children} == parents, kind
+
+
+def test_a_namespace_deleted_while_the_operator_was_down_is_not_stuck(kubectl, kubeconfig, crds, tmp_path):
+    namespace = f"t-gone-{int(time.time() * 1000) % 100000}"
+    kubectl.run("create", "namespace", namespace)
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES / "04-inferenceservice.yaml"))
+    with OperatorProcess(kubeconfig, tmp_path / "op1.log", "--namespace", namespace):
+        kubectl.wait_for(lambda: _ready(kubectl, namespace, "inferenceservice", "iris"), timeout=60,
+                         what="the first reconcile")  # kopf's timer has put its finalizer on it by now
+    kubectl.run("delete", "namespace", namespace, "--wait=false")
+    time.sleep(3)
+    assert kubectl.json("get", "namespace", namespace)["status"]["phase"] == "Terminating"
+    with OperatorProcess(kubeconfig, tmp_path / "op2.log", "--namespace", namespace):
+        kubectl.wait_for(lambda: kubectl.run("get", "namespace", namespace, check=False).returncode != 0,
+                         timeout=90, what=f"namespace {namespace} to be gone")
