@@ -6,7 +6,7 @@ KILN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
 KILN_STATE=${KILN_STATE:-$KILN_CACHE/state}
 # KILN_NODE=0 brings up the control plane only (no kubelet, containerd, network, DNS or metrics).
-KILN_NODE=${KILN_NODE:-0}  # TEMPORARY: 0 until the node tests run in CI (tests/e2e/test_node.py)
+KILN_NODE=${KILN_NODE:-1}
 
 K8S_VERSION=1.37.2
 ETCD_VERSION=3.6.16

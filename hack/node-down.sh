@@ -18,12 +18,12 @@ if pid_of kubelet >/dev/null && curl_api /readyz >/dev/null 2>&1; then
   kubectl_ cordon "$NODE_NAME" >/dev/null 2>&1 || true
   if [ -n "$(kubectl_ get pods -A --field-selector "spec.nodeName=$NODE_NAME" -o name 2>/dev/null)" ]; then
     log "removing every pod from $NODE_NAME"
-    kubectl_ delete pods -A --all --field-selector "spec.nodeName=$NODE_NAME" --grace-period=2 --wait=false >/dev/null 2>&1 || true
+    kubectl_ delete pods -A --field-selector "spec.nodeName=$NODE_NAME" --grace-period=2 --wait=false >/dev/null \
+      || log "deleting the pods through the API failed: sweeping"
     deadline=$(( $(date +%s) + 60 ))
-    # Pods disappear from the API once the kubelet has stopped them; DaemonSet pods may come back, the
-    # sweep below handles those.
     # Done when the API has no pod left on the node, or when containerd runs no container any more
     # (the kubelet has then stopped every sandbox and torn its network down; the API may lag).
+    # Whatever is still there after a minute is left to the sweep below.
     while [ -n "$(kubectl_ get pods -A --field-selector "spec.nodeName=$NODE_NAME" -o name 2>/dev/null)" ] \
         && [ -n "$(ctr --address "$CTRD_SOCK" -n k8s.io tasks ls -q 2>/dev/null)" ]; do
       [ "$(date +%s)" -ge "$deadline" ] && { log "some pods are still there after 60 s: sweeping"; break; }

@@ -6,9 +6,12 @@ FAILS with the script's output: a missing control plane is a broken build, never
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,17 +55,36 @@ class Kubectl:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+def run_shown(request, cmd: list[str], timeout: float) -> tuple[int, str]:
+    """Runs cmd with its output shown as it comes, past pytest's capture (a cold cluster-up builds for
+    many minutes and prints its progress), and returns its exit code and the end of its output."""
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                sys.stderr.write(line)
+                tail.append(line)
+        finally:
+            watchdog.cancel()
+        code = proc.wait()
+    return code, "".join(tail)
+
+
 @pytest.fixture(scope="session")
-def kubeconfig() -> Path:
+def kubeconfig(request) -> Path:
     """Brings the local cluster up (or reuses a running one) and leaves it as it found it."""
     path = KILN_STATE / "kubeconfig"
     was_up = path.exists() and KUBECTL.exists() and subprocess.run(
         [str(KUBECTL), "--kubeconfig", str(path), "--request-timeout=5s", "get", "--raw", "/readyz"],
         capture_output=True).returncode == 0
-    up = subprocess.run(["bash", str(ROOT / "hack/cluster-up.sh")], capture_output=True, text=True, timeout=1800)
-    if up.returncode != 0:
-        pytest.fail(f"the local cluster did not start (hack/cluster-up.sh exited {up.returncode}):\n"
-                    f"{up.stdout[-3000:]}\n{up.stderr[-3000:]}", pytrace=False)
+    # On a clean machine this builds Kubernetes, the node's parts and the images: half an hour or more.
+    code, output = run_shown(request, ["bash", str(ROOT / "hack/cluster-up.sh")], timeout=3600)
+    if code != 0:
+        pytest.fail(f"the local cluster did not start (hack/cluster-up.sh exited {code}):\n{output}", pytrace=False)
     os.environ["KUBECONFIG"] = str(path)
     yield path
     if not was_up and os.environ.get("KILN_KEEP_CLUSTER") != "1":
