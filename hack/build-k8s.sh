@@ -22,7 +22,7 @@ for c in $cmds; do
   # go build is silent for minutes: a heartbeat shows it is alive.
   ( while sleep 30; do log "$c: still building ($((SECONDS - start)) s)"; done ) &
   heartbeat=$!
-  trap 'kill $heartbeat 2>/dev/null' EXIT
+  trap 'kill $heartbeat 2>/dev/null || true' EXIT
   CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c"
   kill "$heartbeat" 2>/dev/null || true
   mv "$K8S_BIN/$c.tmp" "$K8S_BIN/$c"
