@@ -13,48 +13,28 @@ machine distorts far less than wall time) and the per-trial overhead of the proc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 KILN_TRAIN = str(Path(sys.executable).with_name("kiln-train"))
 # This checkout's runtime, for the loop's imports and the kiln-train subprocesses alike.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving_image"))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [sys.path[0], os.environ.get("PYTHONPATH")]))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from s3_server import moto_server  # noqa: E402  (the test suite's S3 server, shared)
 SPACE = {"n_estimators": [50, 100, 200], "max_depth": [4, 8, 16], "min_samples_leaf": [1, 2, 4]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_s3() -> tuple[subprocess.Popen, dict]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise SystemExit("moto server did not start")
-            time.sleep(0.1)
-    env = {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench"}
-    return proc, env
+def store_env(url: str | None) -> dict:
+    return {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench"} if url else {}
 
 
 def write_data(store: str, tmp: Path, env: dict) -> tuple[str, dict, bytes]:
@@ -146,27 +126,19 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--store", choices=("s3", "file"), default="s3")
     args = ap.parse_args()
-    server, env = start_s3() if args.store == "s3" else (None, {})
-    try:
-        with tempfile.TemporaryDirectory() as tmpdir:
-            tmp = Path(tmpdir)
-            prefix, dataset, data = write_data(args.store, tmp, env)
-            pipeline = {"estimator": {"class": "RandomForestClassifier"},
-                        "search": {"strategy": "random", "trials": args.trials, "space": SPACE},
-                        "evaluation": {"testFraction": 0.25, "seed": 7}}
-            loop, loop_cpu = plain_loop(data, {"pipeline": pipeline}, args.trials)
-            results = {}
-            for parallelism in (1, 2):
-                cfg = {"dataset": dataset, "pipeline": pipeline, "output": f"{prefix}/runs/p{parallelism}"}
-                results[parallelism] = kiln_run(cfg, tmp, env, parallelism, args.trials)
-    finally:
-        if server:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    with (moto_server() if args.store == "s3" else contextlib.nullcontext()) as url, \
+            tempfile.TemporaryDirectory() as tmpdir:
+        env = store_env(url)
+        tmp = Path(tmpdir)
+        prefix, dataset, data = write_data(args.store, tmp, env)
+        pipeline = {"estimator": {"class": "RandomForestClassifier"},
+                    "search": {"strategy": "random", "trials": args.trials, "space": SPACE},
+                    "evaluation": {"testFraction": 0.25, "seed": 7}}
+        loop, loop_cpu = plain_loop(data, {"pipeline": pipeline}, args.trials)
+        results = {}
+        for parallelism in (1, 2):
+            cfg = {"dataset": dataset, "pipeline": pipeline, "output": f"{prefix}/runs/p{parallelism}"}
+            results[parallelism] = kiln_run(cfg, tmp, env, parallelism, args.trials)
     n = args.trials
     print(f"training benchmark: {n} RandomForestClassifier trials on breast_cancer (569x30), store={args.store}, "
           f"{os.cpu_count()} CPUs")

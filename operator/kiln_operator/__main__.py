@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import finalizers, handlers, settings  # noqa: F401  (registers the handlers)
 
-    finalizers.release_stuck(args.namespace)
+    finalizers.release_stuck(args.namespace, grace=0)  # whatever an outage left behind, at once
+    finalizers.keep_releasing(args.namespace)
 
     kopf.run(
         clusterwide=not args.namespace,

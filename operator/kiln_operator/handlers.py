@@ -26,6 +26,8 @@ CONFIG = config.from_env()
 
 def _validate(kind: Kind, body: dict[str, Any], patch: kopf.Patch, logger: Any) -> bool:
     """Writes Ready=False for a spec the operator cannot act on; returns whether the spec is usable."""
+    if body["metadata"].get("deletionTimestamp"):
+        return False  # going away: its children follow by ownerReference, nothing to reconcile
     outcome = decide(kind, body)
     if outcome.ready == "True":
         return True

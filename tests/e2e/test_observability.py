@@ -11,9 +11,6 @@ KilnDriftDetected alert pending. Needs the node (hack/node-up.sh) and the runtim
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -27,6 +24,7 @@ import serve_models
 from kiln_operator.builders import serving
 from kiln_operator.config import OperatorConfig
 from kiln_runtime.profile import profile_column, profile_frame
+from s3_server import moto_server
 
 pytestmark = pytest.mark.cluster
 
@@ -43,28 +41,11 @@ def prometheus(kubeconfig):
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on the bridge's host address: pods reach it, nothing outside does."""
-    with socket.socket() as s:
-        s.bind((BRIDGE_IP, 0))  # fails at once, naming the address, when the node's bridge is down
-        port = s.getsockname()[1]
-    url = f"http://{BRIDGE_IP}:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", BRIDGE_IP, "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, f"moto did not start on {url}"
-                time.sleep(0.2)
+    with moto_server(BRIDGE_IP) as url:
         client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                               aws_access_key_id="e2e", aws_secret_access_key="e2e")
         client.create_bucket(Bucket=BUCKET)
         yield url, client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

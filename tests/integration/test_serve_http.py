@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import serve_models
 from kiln_runtime.handoff import decode_frame
+from s3_server import moto_server
 
 MAX_PAYLOAD = 256 * 1024
 
@@ -448,30 +449,14 @@ def s3():
     """moto's S3 server as a process on 127.0.0.1; yields the AWS_* environment a pod would get."""
     import boto3
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "kiln-test",
-           "AWS_SECRET_ACCESS_KEY": "kiln-test-secret"}
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "/moto-api/", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"moto server did not start on {url}")
-                time.sleep(0.1)
+    with moto_server() as url:
+        env = {"AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "kiln-test",
+               "AWS_SECRET_ACCESS_KEY": "kiln-test-secret"}
         client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                               aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                               aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
         client.create_bucket(Bucket=S3_BUCKET)
         yield {"env": env, "client": client}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def mixed_rows(n: int, seed: int) -> list[dict]:

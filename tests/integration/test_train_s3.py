@@ -13,8 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -28,6 +26,7 @@ from sklearn.model_selection import train_test_split
 
 from kiln_runtime.store import sha256_hex
 from kiln_runtime.train import artifacts, cli, onnx_export, spec
+from s3_server import moto_server
 
 BUCKET = "kiln-artifacts"
 KILN_TRAIN = str(Path(sys.executable).with_name("kiln-train"))
@@ -42,23 +41,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with one IAM user allowed s3:*; yields the env a pod would get."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     # The first three requests (create user, key, policy) go unauthenticated; every later one is
     # checked against IAM like real S3.
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"moto server did not start on {url}")
-                time.sleep(0.1)
+    with moto_server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as url:
         iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
                            aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
         iam.create_user(UserName="kiln")
@@ -72,13 +57,6 @@ def s3():
                               aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
         client.create_bucket(Bucket=BUCKET)
         yield {"env": env, "client": client, "url": url}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _iris_csv() -> tuple[bytes, dict]:
