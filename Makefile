@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help venv crds docs test test-unit build cluster-up cluster-down cluster-purge
+.PHONY: help demo venv crds docs test test-unit build cluster-up cluster-down cluster-purge
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -11,6 +11,9 @@ VENV := $(HOME)/.cache/kiln/venv
 PY := $(VENV)/bin/python
 # This checkout's code first: the shared venv's editable install may point at another clone.
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/serving_image
+
+demo: ## The main job: local cluster, artifact store, operator, and the whole loop from data to retraining
+	bash hack/demo.sh
 
 venv: ## Create or refresh the project's virtualenv in ~/.cache/kiln/venv
 	@bash hack/venv.sh >/dev/null
@@ -40,3 +43,6 @@ cluster-down: ## Stop the local cluster, leaving nothing running (state kept for
 
 cluster-purge: ## Stop the local cluster and delete its state (PKI, etcd data)
 	KILN_PURGE=1 bash hack/cluster-down.sh
+
+images: ## Build the runtime and operator images with buildah and import them into the node (root)
+	bash hack/build-images.sh runtime operator

@@ -7,6 +7,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 here=$KILN_ROOT/hack
 log "stopping the local cluster (state in $KILN_STATE)"
+bash "$here/store-down.sh"  # the artifact store of the demo and the end-to-end tests, when it runs
 [ -f "$here/node-down.sh" ] && bash "$here/node-down.sh"
 stop_daemon kube-scheduler 15
 stop_daemon kube-controller-manager 15

@@ -38,8 +38,7 @@ def test_troubleshooting_covers_every_condition_reason():
     assert reasons - documented == set(), "add these reasons to docs/troubleshooting.md"
 
 
-# README.md is left out until docs/local-cluster.md, which it links to, is written with the node.
-PAGES = sorted([*DOCS.glob("*.md"), ROOT / "charts/kiln/README.md"])
+PAGES = sorted([*DOCS.glob("*.md"), ROOT / "README.md", ROOT / "charts/kiln/README.md"])
 
 
 def prose(text: str) -> str:
