@@ -87,6 +87,9 @@ def dispatch(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):  # asked for, not a bad spec
+        _parser().print_help()
+        return EXIT_OK
     if not argv or argv[0] not in COMMANDS:
         _parser().print_help(sys.stderr)
         command = argv[0] if argv else None

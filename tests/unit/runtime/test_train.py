@@ -293,3 +293,11 @@ def test_select_refuses_a_winner_whose_refit_does_not_reproduce_its_metrics(tmp_
     s = _failure(run_cli("select", cfg), "NotReproducible")
     assert "winning trial 0 does not reproduce: accuracy" in s["message"]
     assert not (tmp_path / "run/model").exists()
+
+
+def test_help_is_an_answer_and_an_unknown_command_a_bad_spec(capsys):
+    from kiln_runtime.train import cli as train_cli
+
+    assert train_cli.main(["--help"]) == 0
+    assert "validate-dataset" in capsys.readouterr().out
+    assert train_cli.main(["retrain-everything"]) == 10
