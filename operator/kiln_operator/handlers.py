@@ -28,6 +28,11 @@ def _validate(kind: Kind, body: dict[str, Any], patch: kopf.Patch, logger: Any) 
     """Writes Ready=False for a spec the operator cannot act on; returns whether the spec is usable."""
     if body["metadata"].get("deletionTimestamp"):
         return False  # going away: its children follow by ownerReference, nothing to reconcile
+    if not k8s.is_current(body):
+        # A timer can outlive its object (deleted without kopf seeing it, e.g. a released finalizer):
+        # acting on that stale body would recreate children owned by a uid that no longer exists,
+        # which the garbage collector deletes again, and the live object's children with them.
+        return False
     outcome = decide(kind, body)
     if outcome.ready == "True":
         return True

@@ -90,3 +90,12 @@ def annotate(api_version: str, kind: str, namespace: str, name: str, annotations
     """Sets annotations on another object: how one Kiln object asks another for work (a run request)."""
     _resource(api_version, kind).patch(body={"metadata": {"annotations": annotations}}, name=name,
                                        namespace=namespace, content_type="application/merge-patch+json")
+
+
+def is_current(obj: dict[str, Any]) -> bool:
+    """Whether the object still exists as this very object (same uid), and not only by name.
+
+    Reads a kind the operator already watches, so it needs no permission beyond kopf's own."""
+    meta = obj["metadata"]
+    live = get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+    return live is not None and live["metadata"]["uid"] == meta["uid"]
