@@ -27,6 +27,8 @@ class OnnxExport(ApiModel):
     """Whether the ONNX model matched the scikit-learn model on the held-out set."""
     max_probability_error: float | None = None
     """Largest absolute difference of predicted probabilities on the held-out set."""
+    max_absolute_error: float | None = None
+    """Regressors: largest absolute difference of predictions on the held-out set."""
 
 
 class Artifact(ApiModel):

@@ -147,8 +147,9 @@ def run(cfg: Config) -> dict:
                 "allowUnsafe": fmt == "joblib"}
     if onnx.exported:
         artifact["onnx"] = {"uri": onnx_record["uri"], "sha256": onnx_record["sha256"], "parityVerified": True}
-        if "maxProbabilityError" in onnx.parity:
-            artifact["onnx"]["maxProbabilityError"] = onnx.parity["maxProbabilityError"]
+        for key in ("maxProbabilityError", "maxAbsoluteError"):  # classifiers have one, regressors the other
+            if key in onnx.parity:
+                artifact["onnx"][key] = onnx.parity[key]
     lineage = {k: v for k, v in cfg.lineage.items() if k in LINEAGE_KEYS and v is not None}
     lineage["datasetVersion"] = prep.version
     model_version = {

@@ -89,6 +89,15 @@ def test_regression_metrics_match_scikit_learn(tmp_path, run_cli):
                                                     "r2": m.r2_score(y_test, pred)}, abs=1e-9)
 
 
+def test_a_regressors_onnx_parity_is_recorded_in_the_model_version(tmp_path, run_cli):
+    cfg = _config(tmp_path, "diabetes", pipeline("Ridge", {"alpha": 0.5}, metric="rmse", seed=3))
+    assert run_cli("trial", cfg, index=0).code == 0
+    out = run_cli("select", cfg)
+    onnx = out.summary["modelVersion"]["artifact"]["onnx"]
+    assert onnx["parityVerified"] and "maxProbabilityError" not in onnx
+    assert 0 <= onnx["maxAbsoluteError"] < 1e-2  # float32 against float64 on targets of 25 to 346
+
+
 def test_select_writes_the_verified_artifact_set(tmp_path, run_cli):
     cfg = _config(tmp_path, "iris", pipeline("RandomForestClassifier", {"n_estimators": 20},
                                              space={"max_depth": [1, 4]}, trials=2, strategy="grid",
