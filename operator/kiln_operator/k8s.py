@@ -93,9 +93,7 @@ def annotate(api_version: str, kind: str, namespace: str, name: str, annotations
 
 
 def is_current(obj: dict[str, Any]) -> bool:
-    """Whether the object still exists as this very object (same uid), and not only by name.
-
-    Reads a kind the operator already watches, so it needs no permission beyond kopf's own."""
+    """Whether the object still exists as this very object (same uid), and not only by name."""
     meta = obj["metadata"]
     live = get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
     return live is not None and live["metadata"]["uid"] == meta["uid"]

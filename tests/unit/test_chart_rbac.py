@@ -116,8 +116,9 @@ def needs_from_kopf(clusterwide: bool) -> set[Need]:
     needs: set[Need] = set()
     for group, plural in handled:
         # Watched (list + watch), annotated with kopf's bookkeeping (patch), status written (patch).
+        # Read live before every reconcile (handlers._validate → k8s.is_current: a timer may outlive it).
         needs |= {(group, plural, "list"), (group, plural, "watch"), (group, plural, "patch"),
-                  (group, f"{plural}/status", "patch")}
+                  (group, plural, "get"), (group, f"{plural}/status", "patch")}
     needs |= {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
     needs.add(("", "events", "create"))  # events.post → kopf.info / kopf.warn
     peering = "clusterkopfpeerings" if clusterwide else "kopfpeerings"
