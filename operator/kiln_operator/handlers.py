@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from . import config, datasets, drift, drift_sources, events, inference, k8s, pipelines, registry
+from . import config, datasets, drift, drift_sources, events, inference, k8s, pipelines, registry, rollout_metrics
 from .api import GROUP, VERSION
 from .api.kinds import API_VERSION, Kind, kind_by_name
 from .builders import serving, training
@@ -55,10 +55,12 @@ def observe_inference(isvc: dict[str, Any]) -> inference.Observed:
         if dep and any(ref.get("uid") == isvc["metadata"]["uid"]
                        for ref in dep["metadata"].get("ownerReferences") or []):
             deployments[role] = dep
+    pods = k8s.list_("v1", "Pod", ns, label_selector=selector)
     return inference.Observed(
         model_versions=k8s.list_(API_VERSION, "ModelVersion", ns),
         deployments=deployments,
-        pods=k8s.list_("v1", "Pod", ns, label_selector=selector),
+        pods=pods,
+        answers=rollout_metrics.answers(pods, (isvc.get("status") or {}).get("modelVersion")),
     )
 
 

@@ -8,7 +8,7 @@ a model that does not load) is rolled back to the serving version, and the bad v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .builders import serving
@@ -17,6 +17,8 @@ from .config import OperatorConfig
 from .plan import Plan
 
 ROLES = ("primary", "canary")
+# Fewer answers than this say nothing about a version's error rate.
+MIN_ANSWERS = 20
 # Container states that mean "this version will not come up by waiting".
 FATAL_WAITING = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError",
                  "InvalidImageName", "CreateContainerError"}
@@ -27,6 +29,8 @@ class Observed:
     model_versions: list[dict[str, Any]]
     deployments: dict[str, dict[str, Any]]  # role -> Deployment
     pods: list[dict[str, Any]]
+    # (5xx answers, all answers) of the primary pods of versions not yet serving (rollout_metrics).
+    answers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Unresolved(Exception):
@@ -83,6 +87,14 @@ def rollout_failure(deployment: dict[str, Any] | None, pods: list[dict[str, Any]
     return None
 
 
+def error_rate_failure(answers: tuple[float, float], max_error_rate: float) -> str | None:
+    errors, total = answers
+    if total >= MIN_ANSWERS and errors / total > max_error_rate:
+        return (f"{errors:.0f} of its {total:.0f} answers were 5xx ({errors / total:.0%}), "
+                f"above maxErrorRate {max_error_rate:.0%}")
+    return None
+
+
 def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
     spec, status = isvc["spec"], isvc.get("status") or {}
     out = Plan()
@@ -105,8 +117,10 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
     desired_name = desired["metadata"]["name"]
 
     if desired_name != serving_name and deployed == desired_name:
-        failure = rollout_failure(primary_dep, observed.pods, desired_name)
-        if failure and spec.get("rollout", {}).get("autoRollback", True) and serving_name in by_name:
+        rollout = spec.get("rollout", {})
+        failure = (rollout_failure(primary_dep, observed.pods, desired_name)
+                   or error_rate_failure(observed.answers.get(desired_name, (0, 0)), rollout.get("maxErrorRate", 0.05)))
+        if failure and rollout.get("autoRollback", True) and serving_name in by_name:
             message = f"rolled back {desired_name} to {serving_name}: {failure}"
             out.events.append(("Warning", "RolledBack", message))
             out.conditions.append(("RolledBack", "True", "RolloutFailed", message))

@@ -105,3 +105,25 @@ def test_canary_gets_its_own_deployment_and_the_replica_split():
 def test_removing_the_canary_deletes_its_children():
     result = plan(isvc(), Observed([mv(1, "Production")], {"canary": {"spec": {}}}, []), CFG)
     assert ("apps/v1", "Deployment", "iris-canary") in result.delete
+
+
+def _rolling_to_v3(answers):
+    versions = [mv(2, "Archived"), mv(3, "Production")]
+    spec = {"rollout": {"maxErrorRate": 0.1}}
+    rolling = plan(isvc({"modelVersion": "iris-v2"}, **spec), Observed(versions, {}, []), CFG)
+    dep = deployment_for(rolling, complete=False)
+    return plan(isvc({"modelVersion": "iris-v2"}, **spec),
+                Observed(versions, {"primary": dep}, [], answers={"iris-v3": answers}), CFG)
+
+
+def test_a_new_version_answering_too_many_5xx_is_rolled_back():
+    result = _rolling_to_v3((12, 40))
+    assert result.status["rolledBackVersion"] == "iris-v3"
+    assert "12 of its 40 answers were 5xx (30%), above maxErrorRate 10%" in conditions(result)["RolledBack"][2]
+
+
+def test_few_answers_or_a_rate_within_the_bound_do_not_roll_back():
+    for answers in ((3, 10), (4, 40)):
+        result = _rolling_to_v3(answers)
+        assert "rolledBackVersion" not in result.status, answers
+        assert conditions(result)["Progressing"][:2] == ("True", "RollingOut")
