@@ -27,14 +27,26 @@ def join(prefix: str, *parts: str) -> str:
     return "/".join([prefix.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-_CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+_WHERE_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+# A Dataset's own Secret (spec.source.secretRef) reaches its Jobs under this prefix, beside the
+# artifact store's credentials, so a run can read the data from one store and write to another.
+SOURCE_ENV_PREFIX = "KILN_SOURCE_"
 
 
-def _s3_client():
+def client_settings(prefix: str = "") -> tuple:
+    """The S3 settings under `prefix`: its credentials as a whole when it has an access key (never a
+    mix of two identities), and its endpoint and region where given, the unprefixed ones otherwise."""
+    env = os.environ
+    own = bool(prefix) and bool(env.get(prefix + "AWS_ACCESS_KEY_ID"))
+    where = tuple(env.get(prefix + k) or env.get(k) for k in _WHERE_ENV)
+    return where + tuple(env.get((prefix if own else "") + k) for k in _CREDENTIAL_ENV) + (own,)
+
+
+def _s3_client(prefix: str = ""):
     # Building a client costs ~40 ms; selecting among hundreds of trials reads a few objects each.
     # Keyed on the settings, so a process whose environment changes (tests) gets a fresh client.
-    return _cached_client(tuple(os.environ.get(k) for k in _CLIENT_ENV))
+    return _cached_client(client_settings(prefix))
 
 
 @functools.lru_cache(maxsize=4)
@@ -42,7 +54,12 @@ def _cached_client(settings: tuple):
     import boto3
     from botocore.config import Config
 
-    env = dict(zip(_CLIENT_ENV, settings))
+    env = dict(zip(_WHERE_ENV + _CREDENTIAL_ENV, settings))
+    explicit = settings[-1]
+    # Only a prefixed identity is passed in; otherwise boto3 resolves credentials its usual way
+    # (environment, profile, instance role), which keeps IRSA-style set-ups working.
+    credentials = {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+                   "aws_session_token": env["AWS_SESSION_TOKEN"]} if explicit else {}
     # Path-style addressing: MinIO and moto's server do not serve virtual-hosted buckets on loopback.
     # A session of its own: boto3's default one caches the credentials it first resolved.
     return boto3.session.Session().client(
@@ -51,6 +68,7 @@ def _cached_client(settings: tuple):
         region_name=env["AWS_REGION"] or env["AWS_DEFAULT_REGION"] or "us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
                       connect_timeout=5, read_timeout=30),
+        **credentials,
     )
 
 
@@ -73,12 +91,13 @@ def _describe(uri: str, exc: Exception) -> StoreError:
     return StoreError(f"{uri}: {reason}")
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, env_prefix: str = "") -> bytes:
+    """The bytes at `uri`; S3 settings from the environment under `env_prefix` (see client_settings)."""
     scheme, bucket, key = _split(uri)
     try:
         if scheme == "file":
             return Path(key).read_bytes()
-        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return _s3_client(env_prefix).get_object(Bucket=bucket, Key=key)["Body"].read()
     except StoreError:
         raise
     except Exception as exc:  # every backend failure becomes one error type with the URI in it

@@ -201,7 +201,7 @@ def in_process(s3, tmp_path, monkeypatch):
         code = cli.main([command, "--config", str(path)])
         return code, json.loads(term.read_bytes())
 
-    run.dataset, run.data = dataset, data
+    run.dataset, run.data, run.s3 = dataset, data, s3
     return run
 
 
@@ -236,3 +236,26 @@ def test_missing_objects_and_an_unreachable_endpoint(in_process, monkeypatch):
 def test_a_trial_refuses_data_that_changed_since_validation(in_process):
     code, s = in_process("trial", datasetVersion="0" * 64)
     assert code == 10 and s["reason"] == "DatasetChanged" and "content changed since validation" in s["message"]
+
+
+def test_a_dataset_with_its_own_secret_is_read_with_it_while_artifacts_go_to_the_store(in_process, monkeypatch):
+    """The Dataset's data sits on another S3 server, under other credentials (its Jobs get them with the
+    KILN_SOURCE_ prefix). Reading it with the store's settings would find no such bucket; writing the
+    profile with the warehouse's key would be refused by the store's IAM."""
+    with moto_server() as warehouse:
+        boto3.client("s3", endpoint_url=warehouse, region_name="us-east-1", aws_access_key_id="wh",
+                     aws_secret_access_key="wh").create_bucket(Bucket="warehouse")
+        boto3.client("s3", endpoint_url=warehouse, region_name="us-east-1", aws_access_key_id="wh",
+                     aws_secret_access_key="wh").put_object(Bucket="warehouse", Key="iris.csv", Body=in_process.data)
+        for key, value in {"AWS_ENDPOINT_URL": warehouse, "AWS_ACCESS_KEY_ID": "AKIAWAREHOUSE",
+                           "AWS_SECRET_ACCESS_KEY": "warehouse-secret"}.items():
+            monkeypatch.setenv(f"KILN_SOURCE_{key}", value)
+        elsewhere = {**in_process.dataset, "source": {"uri": "s3://warehouse/iris.csv", "format": "csv"}}
+        code, s = in_process("validate-dataset", dataset=elsewhere)
+        assert code == 0 and s["result"] == "Succeeded" and s["rows"] == 150, s
+        assert s["profileUri"].startswith(f"s3://{BUCKET}/")
+        _get({"client": in_process.s3["client"]}, s["profileUri"].split("/", 3)[3])  # written to the store
+        monkeypatch.delenv("KILN_SOURCE_AWS_ACCESS_KEY_ID")  # no own identity: the store's, on its server
+        monkeypatch.delenv("KILN_SOURCE_AWS_ENDPOINT_URL")
+        code, s = in_process("validate-dataset", dataset=elsewhere)
+        assert code == 10 and s["reason"] == "SourceNotFound", s

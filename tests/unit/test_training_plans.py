@@ -57,6 +57,22 @@ def test_a_new_dataset_gets_one_validation_job_of_the_runtime_image():
     assert conditions(result)["Ready"][:2] == ("False", "Validating")
 
 
+def test_a_datasets_own_secret_reaches_the_steps_that_read_it_under_a_prefix():
+    cfg = OperatorConfig(store_secret="kiln-store")
+    ds = ready_dataset()
+    ds["spec"]["source"]["secretRef"] = {"name": "warehouse"}
+    tp = example("02-trainingpipeline.yaml")
+    own = {"prefix": "KILN_SOURCE_", "secretRef": {"name": "warehouse"}}
+    store = {"secretRef": {"name": "kiln-store"}}
+    validation = datasets.plan(ds, JobView(None), cfg, NOW).apply[0]
+    (trials,) = pipelines.plan(tp, observed(ds), cfg, NOW).apply
+    for job_ in (validation, trials):
+        assert job_["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [store, own]
+    mv = registered()
+    verify = training.verify_job(mv, cfg)  # reads the model only: no data credentials
+    assert verify["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [store]
+
+
 def test_a_refresh_request_or_spec_change_names_a_new_job():
     ds = example("01-dataset.yaml")
     first = datasets.validation_token(ds)

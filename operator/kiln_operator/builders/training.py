@@ -30,6 +30,18 @@ def run_job_name(pipeline: dict[str, Any], run_id: str, step: str) -> str:
     return short_name(pipeline["metadata"]["name"], run_id, step)
 
 
+# kiln_runtime.store.SOURCE_ENV_PREFIX: where the runtime looks for a Dataset's own credentials.
+SOURCE_ENV_PREFIX = "KILN_SOURCE_"
+
+
+def _env_from(cfg: OperatorConfig, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The store Secret, and the Dataset's own (source.secretRef) under a prefix: a step that reads the
+    data may read it from elsewhere than the store it writes to, with other credentials."""
+    source_secret = (((config.get("dataset") or {}).get("source") or {}).get("secretRef") or {}).get("name")
+    own = [{"prefix": SOURCE_ENV_PREFIX, "secretRef": {"name": source_secret}}] if source_secret else []
+    return cfg.store_env_from() + own
+
+
 def _container(cfg: OperatorConfig, args: list[str], config: dict[str, Any],
                resources: dict[str, Any] | None) -> dict[str, Any]:
     return {
@@ -39,7 +51,7 @@ def _container(cfg: OperatorConfig, args: list[str], config: dict[str, Any],
         "command": ["kiln-train", *args],
         "env": [{"name": "KILN_TRAIN_CONFIG", "value": json.dumps(config, separators=(",", ":"), sort_keys=True)},
                 *cfg.store_env()],
-        "envFrom": cfg.store_env_from(),
+        "envFrom": _env_from(cfg, config),
         "resources": resources or {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
         "securityContext": RESTRICTED_CONTAINER,
         "terminationMessagePolicy": "File",

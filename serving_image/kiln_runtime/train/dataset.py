@@ -15,7 +15,7 @@ import pandas as pd
 from . import storeio as kio
 from .errors import DatasetChanged, InvalidData
 from .spec import DatasetSpec
-from kiln_runtime.store import sha256_hex
+from kiln_runtime.store import SOURCE_ENV_PREFIX, sha256_hex
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def parse_table(data: bytes, fmt: str, uri: str = "") -> pd.DataFrame:
 
 
 def load(spec: DatasetSpec, expected_version: str | None = None) -> RawDataset:
-    data = kio.read(spec.uri)
+    data = kio.read(spec.uri, SOURCE_ENV_PREFIX)  # the Dataset's own Secret when it names one
     version = sha256_hex(data)
     if expected_version and version != expected_version:
         # The source changed between validation and training: training on it would record a

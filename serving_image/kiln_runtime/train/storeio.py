@@ -66,12 +66,13 @@ def _read_http(uri: str) -> bytes:
         raise Unreachable(f"cannot read {uri}: endpoint unreachable ({_first_line(exc)})") from exc
 
 
-def read(uri: str) -> bytes:
-    """Bytes at `uri` (s3://, file://, or http(s):// for a dataset source)."""
+def read(uri: str, env_prefix: str = "") -> bytes:
+    """Bytes at `uri` (s3://, file://, or http(s):// for a dataset source); `env_prefix` picks other
+    S3 credentials (store.SOURCE_ENV_PREFIX: the Dataset's own Secret)."""
     if urlparse(uri).scheme in ("http", "https"):
         return _read_http(uri)
     try:
-        return store.read_bytes(uri)
+        return store.read_bytes(uri, env_prefix)
     except store.StoreError as exc:
         raise _classify(uri, exc, "read") from exc
 
