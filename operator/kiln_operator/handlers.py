@@ -15,7 +15,8 @@ from . import config, datasets, drift, drift_sources, events, inference, k8s, pi
 from .api import GROUP, VERSION
 from .api.kinds import API_VERSION, Kind, kind_by_name
 from .builders import serving, training
-from .builders.meta import ANNOTATION_RUN_REQUEST, LABEL_OWNER
+from .builders.meta import ANNOTATION_RUN_REQUEST, LABEL_OWNER, LABEL_ROLE
+from .builders.serving import ROUTE_API_VERSION, ROUTE_PLURAL
 from .conditions import now_rfc3339
 from .jobs import JobView, termination_summaries
 from .plan import Plan
@@ -46,21 +47,34 @@ def _validate(kind: Kind, body: dict[str, Any], patch: kopf.Patch, logger: Any) 
 ISVC = kind_by_name("InferenceService")
 
 
+def _owned(obj: dict[str, Any] | None, owner: dict[str, Any]) -> bool:
+    return bool(obj) and any(ref.get("uid") == owner["metadata"]["uid"]
+                             for ref in obj["metadata"].get("ownerReferences") or [])
+
+
 def observe_inference(isvc: dict[str, Any]) -> inference.Observed:
     ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
     selector = ",".join(f"{k}={v}" for k, v in serving.selector(isvc).items())
     deployments = {}
     for role in inference.ROLES:
         dep = k8s.get("apps/v1", "Deployment", ns, serving.deployment_name(isvc, role))
-        if dep and any(ref.get("uid") == isvc["metadata"]["uid"]
-                       for ref in dep["metadata"].get("ownerReferences") or []):
+        if _owned(dep, isvc):
             deployments[role] = dep
     pods = k8s.list_("v1", "Pod", ns, label_selector=selector)
+    # Asked even without spec.gateway: a route made before the field was removed must be found to go.
+    route_api = k8s.serves(ROUTE_API_VERSION, ROUTE_PLURAL)
+    route = k8s.get(ROUTE_API_VERSION, "HTTPRoute", ns, serving.service_name(isvc)) if route_api else None
+    role_services = {svc["metadata"]["labels"][LABEL_ROLE]
+                     for svc in k8s.list_("v1", "Service", ns, label_selector=serving.role_service_label_selector(isvc))
+                     if _owned(svc, isvc)}
     return inference.Observed(
         model_versions=k8s.list_(API_VERSION, "ModelVersion", ns),
         deployments=deployments,
         pods=pods,
         answers=rollout_metrics.answers(pods, (isvc.get("status") or {}).get("modelVersion")),
+        route_api=route_api,
+        route=route if _owned(route, isvc) else None,
+        role_services=role_services,
     )
 
 
@@ -142,7 +156,11 @@ def observe_jobs(owner: dict[str, Any]) -> dict[str, JobView]:
     for pod in k8s.list_("v1", "Pod", ns, label_selector=selector):
         job = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name")
         pods_by_job.setdefault(job, []).append(pod)
-    return {job["metadata"]["name"]: JobView(job, termination_summaries(pods_by_job.get(job["metadata"]["name"], [])))
+    def last_lines(pod: dict[str, Any]) -> str:
+        return k8s.pod_logs_tail(ns, pod["metadata"]["name"], "train", lines=5)
+
+    return {job["metadata"]["name"]: JobView(job, termination_summaries(pods_by_job.get(job["metadata"]["name"], []),
+                                                                        last_lines))
             for job in k8s.list_("batch/v1", "Job", ns, label_selector=selector)
             if any(ref.get("uid") == owner["metadata"]["uid"] for ref in job["metadata"].get("ownerReferences") or [])}
 

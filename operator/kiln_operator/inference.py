@@ -4,6 +4,10 @@ The version a service is *serving* (`status.modelVersion`) only moves once the r
 version completed. A rollout that misses its deadline or whose server keeps failing (a bad digest,
 a model that does not load) is rolled back to the serving version, and the bad version stays out
 (`status.rolledBackVersion`) until the spec or the stage points at another one.
+
+A canary's share is realised by the replica ratio, or, with `spec.gateway` on a cluster that serves the
+Gateway API's HTTPRoute, by the route's backend weights (see builders/serving.py). Whether the cluster
+serves it is observed, like everything else, so the plan stays a pure function.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 from .builders import serving
 from .builders.meta import LABEL_VERSION
+from .builders.serving import ROUTE_API_VERSION
 from .config import OperatorConfig
 from .plan import Plan
 
@@ -31,6 +36,12 @@ class Observed:
     pods: list[dict[str, Any]]
     # (5xx answers, all answers) of the primary pods of versions not yet serving (rollout_metrics).
     answers: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Whether the cluster serves gateway.networking.k8s.io/v1 httproutes (API discovery).
+    route_api: bool = False
+    # This service's own HTTPRoute, and the roles whose per-role Service exists: what to delete once
+    # the route is no longer wanted.
+    route: dict[str, Any] | None = None
+    role_services: set[str] = field(default_factory=set)
 
 
 class Unresolved(Exception):
@@ -149,7 +160,12 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
             out.events.append(("Warning", "CanaryNotFound", str(exc)))
             return out
     percent = canary_spec.get("trafficPercent", 0) if canary else 0
-    primary_min, canary_min = serving.split_replicas(scaling.get("minReplicas", 1), percent)
+    routed = bool(spec.get("gateway")) and observed.route_api
+    if routed:
+        # The route's weights set the share: each role only needs enough replicas for its own load.
+        primary_min, canary_min = scaling.get("minReplicas", 1), 1
+    else:
+        primary_min, canary_min = serving.split_replicas(scaling.get("minReplicas", 1), percent)
     max_replicas = scaling.get("maxReplicas", 3)
 
     out.apply.append(serving.deployment(isvc, desired, "primary", cfg))
@@ -162,8 +178,10 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
         out.delete += [("apps/v1", "Deployment", name), ("autoscaling/v2", "HorizontalPodAutoscaler", name)]
     out.apply.append(serving.service(isvc))
     out.apply.append(serving.pdb(isvc))
+    weights = serving.route_weights(percent if canary else None) if routed else None
+    _route(out, isvc, observed, weights)
 
-    out.status.update(_observed_status(isvc, observed, serving_name, canary))
+    out.status.update(_observed_status(isvc, observed, serving_name, canary, weights))
     ready_pods = out.status["readyReplicas"]
     rolling = desired_name != serving_name
     if serving_name and ready_pods > 0:
@@ -180,8 +198,33 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
     return out
 
 
+def _route(out: Plan, isvc: dict[str, Any], observed: Observed, weights: dict[str, int] | None) -> None:
+    """The HTTPRoute and the role Services it weighs when `weights` are given; otherwise removes the
+    ones a former route left, and says why a wanted route is not there."""
+    name = serving.service_name(isvc)
+    if weights is not None:
+        for role in weights:
+            out.apply.append(serving.role_service(isvc, role))
+        out.apply.append(serving.http_route(isvc, weights))
+        shares = ", ".join(f"{role} {weight}%" for role, weight in weights.items())
+        out.conditions.append(("Routed", "True", "HTTPRoute", f"HTTPRoute {name} weighs {shares}"))
+    elif isvc["spec"].get("gateway"):
+        message = (f"spec.gateway is set but the cluster serves no {ROUTE_API_VERSION} HTTPRoute "
+                   "(install the Gateway API CRDs): the canary's share is set by the replica ratio")
+        out.conditions.append(("Routed", "False", "GatewayAPIMissing", message))
+        out.events.append(("Warning", "GatewayAPIMissing", message))
+    elif any(c.get("type") == "Routed" for c in (isvc.get("status") or {}).get("conditions") or []):
+        # Only a service that was routed before says so: the others never had this condition.
+        out.conditions.append(("Routed", "False", "NoGateway",
+                               "spec.gateway is not set: the canary's share is set by the replica ratio"))
+    if observed.route is not None and weights is None:
+        out.delete.append((ROUTE_API_VERSION, "HTTPRoute", name))
+    for role in sorted(observed.role_services - set(weights or ())):
+        out.delete.append(("v1", "Service", serving.role_service_name(isvc, role)))
+
+
 def _observed_status(isvc: dict[str, Any], observed: Observed, serving_name: str | None,
-                     canary: dict[str, Any] | None) -> dict[str, Any]:
+                     canary: dict[str, Any] | None, weights: dict[str, int] | None) -> dict[str, Any]:
     ready = {role: (observed.deployments.get(role) or {}).get("status", {}).get("readyReplicas", 0) or 0
              for role in ROLES}
     replicas = {role: (observed.deployments.get(role) or {}).get("status", {}).get("replicas", 0) or 0
@@ -189,7 +232,10 @@ def _observed_status(isvc: dict[str, Any], observed: Observed, serving_name: str
     total_ready = sum(ready.values())
     traffic = []
     if serving_name:
-        primary_share = 100 if not canary else round(100 * ready["primary"] / max(total_ready, 1))
+        if weights is not None:  # the route's weights, whatever the replicas
+            primary_share = weights["primary"]
+        else:
+            primary_share = 100 if not canary else round(100 * ready["primary"] / max(total_ready, 1))
         traffic.append({"version": serving_name, "percent": primary_share})
         if canary:
             traffic.append({"version": canary["metadata"]["name"], "percent": 100 - primary_share})

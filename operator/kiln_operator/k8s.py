@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 from typing import Any
 
 from kubernetes import client, config
@@ -17,6 +19,11 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
 FIELD_MANAGER = "kiln"
+# How long an answer of API discovery is trusted: CRDs installed or removed later are seen this much
+# later, and a timer reconciling every 3 s does not ask the apiserver each time.
+DISCOVERY_TTL_SECONDS = 30.0
+_served: dict[tuple[str, str], tuple[float, bool]] = {}
+_served_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,6 +37,31 @@ def dynamic() -> DynamicClient:
 
 def _resource(api_version: str, kind: str):
     return dynamic().resources.get(api_version=api_version, kind=kind)
+
+
+def serves(group_version: str, plural: str) -> bool:
+    """Whether the apiserver serves `plural` in `group_version` (e.g. an optional CRD's kind).
+
+    Reads the discovery document, which every authenticated client may read: no RBAC rule is needed.
+    A failed read other than "not served" keeps the last answer (or raises when there is none), so a
+    passing apiserver hiccup does not flip the operator between two ways of serving."""
+    key = (group_version, plural)
+    with _served_lock:
+        cached = _served.get(key)
+    if cached and time.monotonic() - cached[0] < DISCOVERY_TTL_SECONDS:
+        return cached[1]
+    try:
+        doc = dynamic().request("GET", f"/apis/{group_version}").to_dict()
+        found = any(r.get("name") == plural for r in doc.get("resources") or [])
+    except NotFoundError:
+        found = False
+    except Exception:
+        if cached:
+            return cached[1]
+        raise
+    with _served_lock:
+        _served[key] = (time.monotonic(), found)
+    return found
 
 
 def apply(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from kiln_operator.api.docgen import render
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-CONDITION = re.compile(r'"(?:Ready|Validated|Progressing|RolledBack|DriftDetected|Verified)", "(?:True|False|Unknown)", "([A-Z]\w+)"')
+CONDITION = re.compile(r'"(?:Ready|Validated|Progressing|RolledBack|DriftDetected|Verified|Routed)", "(?:True|False|Unknown)", "([A-Z]\w+)"')
 
 
 def test_api_reference_is_generated_from_the_models():

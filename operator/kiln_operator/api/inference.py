@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, Resources, StatusBase, cel, validations
 
 ServedStage = Literal["Staging", "Production"]
+# DNS-1123 subdomain: a listener's sectionName; a hostname may also start with one `*.` wildcard label.
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS_SUBDOMAIN = rf"^{_LABEL}(\.{_LABEL})*$"
+Hostname = Annotated[str, Field(pattern=rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$", min_length=1, max_length=253)]
 
 _ONE_SOURCE = cel("has(self.versionRef) != has(self.stage)",
                   "set exactly one of versionRef and stage", ".versionRef")
@@ -41,6 +45,26 @@ class Canary(ApiModel):
     """Or the version holding this stage of the same model."""
     traffic_percent: int = Field(default=10, ge=0, le=100)
     """Share of requests the canary receives, 0 to 100."""
+
+
+class ParentRef(ApiModel):
+    """A Gateway (or a listener of one) the HTTPRoute attaches to."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Gateway."""
+    namespace: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
+    """Namespace of the Gateway; the InferenceService's own when unset."""
+    section_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Name of one listener of the Gateway; all of its listeners when unset."""
+
+
+class Gateway(ApiModel):
+    """Traffic through a Gateway API HTTPRoute: the canary's share is set by backend weights."""
+
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=32)
+    """Gateways the route attaches to."""
+    hostnames: list[Hostname] | None = Field(default=None, max_length=16)
+    """Host names the route answers for; every host the Gateway accepts when unset."""
 
 
 class Autoscaling(ApiModel):
@@ -114,6 +138,8 @@ class InferenceServiceSpec(ApiModel):
     """The version to serve."""
     canary: Canary | None = None
     """An optional canary version."""
+    gateway: Gateway | None = None
+    """Serve through Gateways: an HTTPRoute weighs primary and canary (replica ratio if no Gateway API)."""
     autoscaling: Autoscaling = defaulted(Autoscaling)
     """Replicas and autoscaling."""
     batching: Batching = defaulted(Batching)

@@ -1,8 +1,14 @@
-"""Children of an InferenceService: a Deployment per served version, a Service, HPAs and a PDB.
+"""Children of an InferenceService: a Deployment per served version, a Service, HPAs and a PDB; with
+`spec.gateway` on a cluster serving the Gateway API, also a Service per role and an HTTPRoute.
 
 Deployments are named by role (primary, canary), not by version: promoting a new version changes the
 primary's pod template, and the Deployment's rolling update (no unavailable pod, one surge pod, a
 readiness gate on the model being loaded) moves traffic without a failed request.
+
+The canary's share of requests is realised one of two ways. By default the one Service spreads requests
+over the pods of both roles, so the replica ratio sets the share (`split_replicas`). With an HTTPRoute
+the Gateway weighs the two role Services instead, so the share is exact and independent of how many
+replicas each role has.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from ..config import OperatorConfig
 from .meta import LABEL_MODEL, LABEL_ROLE, LABEL_VERSION, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, \
     short_name
 
+# The Gateway API's HTTPRoute: optional, only used when the cluster serves it (k8s.serves).
+ROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
+ROUTE_PLURAL = "httproutes"
+SERVICE_PORT = 80
 SERVER_PORT = 8080
 MONITOR_PORT = 9180
 HANDOFF_DIR = "/var/run/kiln"
@@ -172,8 +182,60 @@ def service(isvc: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector(isvc),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
+    }
+
+
+def role_service_name(isvc: dict[str, Any], role: str) -> str:
+    return short_name(isvc["metadata"]["name"], role)
+
+
+def role_service_label_selector(isvc: dict[str, Any]) -> str:
+    """Finds the role Services (and not the all-pods Service, which has no role label)."""
+    return ",".join([*(f"{k}={v}" for k, v in selector(isvc).items()), LABEL_ROLE])
+
+
+def role_service(isvc: dict[str, Any], role: str) -> dict[str, Any]:
+    """A Service of one role's pods only: a backend the HTTPRoute can weigh on its own."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(isvc, role_service_name(isvc, role), COMPONENT, **{LABEL_ROLE: role}),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {**selector(isvc), LABEL_ROLE: role},
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def route_weights(canary_percent: int | None) -> dict[str, int]:
+    """Backend weight per role; None (no canary) sends everything to the primary. Weights are relative
+    in the Gateway API, so summing to 100 makes each one read as a percentage."""
+    if canary_percent is None:
+        return {"primary": 100}
+    return {"primary": 100 - canary_percent, "canary": canary_percent}
+
+
+def _parent_ref(ref: dict[str, Any]) -> dict[str, Any]:
+    # Group and kind are left to the CRD's defaults (a Gateway): only what the user said is applied.
+    return {k: ref[k] for k in ("name", "namespace", "sectionName") if ref.get(k)}
+
+
+def http_route(isvc: dict[str, Any], weights: dict[str, int]) -> dict[str, Any]:
+    """The HTTPRoute `<name>`: one rule, every path, the role Services weighed by `weights`."""
+    gateway = isvc["spec"]["gateway"]
+    spec: dict[str, Any] = {"parentRefs": [_parent_ref(r) for r in gateway["parentRefs"]]}
+    if gateway.get("hostnames"):
+        spec["hostnames"] = list(gateway["hostnames"])
+    spec["rules"] = [{"backendRefs": [{"name": role_service_name(isvc, role), "port": SERVICE_PORT, "weight": weight}
+                                      for role, weight in weights.items()]}]
+    return {
+        "apiVersion": ROUTE_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": child_metadata(isvc, service_name(isvc), COMPONENT),
+        "spec": spec,
     }
 
 
