@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -47,9 +47,24 @@ class JobView:
         return "the Job failed"
 
 
-def termination_summaries(pods: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The newest terminated container's JSON message per completion index."""
-    found: dict[int, tuple[str, dict[str, Any]]] = {}
+def whole_summary(logs: str, cut: dict[str, Any]) -> dict[str, Any]:
+    """The untruncated summary kiln-train printed as its last log line, or `cut` when the logs lack it."""
+    for line in reversed(logs.strip().splitlines()):
+        try:
+            found = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(found, dict) and not found.get("truncated") and all(
+                found.get(k) == cut.get(k) for k in ("command", "result", "trial")):
+            return found
+    return cut
+
+
+def termination_summaries(pods: list[dict[str, Any]],
+                          read_logs: Callable[[dict[str, Any]], str] | None = None) -> dict[int, dict[str, Any]]:
+    """The newest terminated container's JSON message per completion index; a summary the kubelet's
+    4 KiB limit made kiln-train cut is completed from the pod's logs through `read_logs`."""
+    found: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {}
     for pod in pods:
         index = int(pod["metadata"].get("annotations", {}).get(INDEX_ANNOTATION, 0))
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -63,5 +78,9 @@ def termination_summaries(pods: list[dict[str, Any]]) -> dict[int, dict[str, Any
                            "message": terminated["message"][-500:]}
             finished = terminated.get("finishedAt") or ""
             if index not in found or finished > found[index][0]:
-                found[index] = (finished, summary)
-    return {i: s for i, (_, s) in found.items()}
+                found[index] = (finished, summary, pod)
+    if read_logs:
+        for index, (finished, summary, pod) in found.items():
+            if summary.get("truncated"):
+                found[index] = (finished, whole_summary(read_logs(pod), summary), pod)
+    return {i: s for i, (_, s, _) in found.items()}

@@ -283,6 +283,24 @@ def test_termination_messages_are_read_per_index_newest_first():
     assert found[1]["reason"] == "UnreadableSummary" and "boom" in found[1]["message"]
 
 
+def test_a_summary_cut_to_fit_the_termination_message_is_completed_from_the_logs():
+    inputs = [{"name": f"feature_{i}", "type": "number"} for i in range(150)]
+    whole = {"command": "select", "result": "Succeeded", "manifestUri": "s3://m",
+             "modelVersion": {"artifact": {"uri": "s3://m/model.skops", "sha256": "c" * 64},
+                              "signature": {"inputs": inputs, "output": {"type": "label"}}, "metrics": {"accuracy": 0.9}}}
+    cut = {**whole, "modelVersion": {"artifact": whole["modelVersion"]["artifact"]}, "truncated": ["modelVersion.signature"]}
+    pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"state": {"terminated": {
+        "finishedAt": "2026-11-23T10:00:00Z", "message": json.dumps(cut)}}}]}}
+    logs = {"p": "loading\n" + json.dumps(whole) + "\nWARNING: a line after the summary\n"}
+    (found,) = termination_summaries([pod], lambda p: logs[p["metadata"]["name"]]).values()
+    assert found == whole
+    tp, obs = select_done(found)
+    assert pipelines.plan(tp, obs, CFG, NOW).register[0][1]["signature"]["inputs"] == inputs
+    # Logs that lost the line (the pod is gone, or another run's) leave the cut summary, which fails the run.
+    logs["p"] = json.dumps({**whole, "command": "trial"})
+    assert termination_summaries([pod], lambda p: logs["p"])[0] == cut
+
+
 def registered(stage="Staging", verified=True, history=None) -> dict:
     mv = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
           "metadata": {"name": "iris-v1", "namespace": "ml", "uid": "mv-1", "generation": 2},

@@ -2,7 +2,8 @@
 
 The kubelet keeps at most 4096 bytes of it (and 12 KiB across a Pod's containers), so the summary is
 made to fit: long lists are cut first, then the optional bulky fields named in `SHRINK_ORDER`, each
-noted in "truncated"; the full record always stays in the store (the URIs in the summary).
+noted in "truncated". The whole summary is the last line of the logs, and the full record stays in
+the store (the URIs in the summary).
 """
 
 from __future__ import annotations
@@ -65,14 +66,16 @@ def fit(summary: dict, limit: int = LIMIT) -> bytes:
 
 
 def write(summary: dict) -> bytes:
-    """Writes the summary to the termination log and prints it as the last line of the logs (what
-    `terminationMessagePolicy: FallbackToLogsOnError` would read if the file could not be written)."""
+    """Writes the summary, fitted, to the termination log, and prints it whole as the last line of the
+    logs: where the operator reads it when the fitted one says "truncated" (a model with many features
+    has a signature larger than the kubelet keeps)."""
     data = fit(summary)
+    whole = _encode(json.loads(_encode(summary)))
     path = Path(os.environ.get(PATH_ENV) or DEFAULT_PATH)
     try:
         path.write_bytes(data)
     except OSError as exc:
         print(f"kiln-train: cannot write the termination message to {path}: {exc}", file=sys.stderr)
-    sys.stdout.write(data.decode() + "\n")
+    sys.stdout.write(whole.decode() + "\n")
     sys.stdout.flush()
     return data

@@ -90,6 +90,17 @@ def test_config_sources(tmp_path):
         spec.parse({"dataset": {}}, needs_pipeline=False)
 
 
+def test_a_cut_summary_is_printed_whole_as_the_last_log_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(termination.PATH_ENV, str(tmp_path / "term"))
+    wide = {"v": 1, "command": "select", "result": "Succeeded", "manifestUri": "s3://b/m.json",
+            "modelVersion": {"artifact": {"uri": "u"}, "signature": {"inputs": [{"name": f"f{i:03d}" + "x" * 40}
+                                                                             for i in range(150)]}}}
+    termination.write(wide)
+    kept = json.loads((tmp_path / "term").read_bytes())
+    assert len((tmp_path / "term").read_bytes()) <= 4096 and "modelVersion.signature" in kept["truncated"]
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == wide
+
+
 def test_termination_message_fits_the_kubelet_limit():
     small = {"v": 1, "result": "Succeeded", "message": "ok"}
     assert json.loads(termination.fit(small)) == small
