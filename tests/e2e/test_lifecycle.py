@@ -55,7 +55,9 @@ def test_drift_retrains_and_the_new_version_is_served(demo, kubectl):
 def test_registered_versions_carry_lineage_verification_and_the_gate_metric(demo, kubectl):
     dataset = kubectl.json("get", "dataset", "iris", "-n", NS)
     for name, run in (("iris-v1", "r1"), ("iris-v2", "r2")):
-        mv = kubectl.json("get", "modelversion", name, "-n", NS)
+        # The server checks the digest itself when it loads, so v2 may serve before its verify Job ends.
+        mv = kubectl.wait_for(lambda: (lambda m: m if (m.get("status") or {}).get("verifiedSha256") else None)(
+            kubectl.json("get", "modelversion", name, "-n", NS)), timeout=180, interval=2, what=f"{name} verified")
         spec = mv["spec"]
         assert spec["lineage"]["pipeline"] == "iris-forest" and spec["lineage"]["run"] == run
         assert spec["lineage"]["datasetVersion"] == dataset["status"]["version"]
