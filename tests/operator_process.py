@@ -19,8 +19,8 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, *args: str):
-        self.kubeconfig, self.log, self.args = kubeconfig, log, args
+    def __init__(self, kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None):
+        self.kubeconfig, self.log, self.args, self.env = kubeconfig, log, args, env or {}
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -29,7 +29,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kiln_operator", "--kubeconfig", str(self.kubeconfig),
              "--health", f"http://127.0.0.1:{self.port}/healthz", *self.args],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         return self
 
     def __exit__(self, *_) -> None:

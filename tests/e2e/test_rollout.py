@@ -1,0 +1,231 @@
+"""Serving rollouts on the real local cluster, driven by the operator: a 20% canary, a promotion under
+steady load, and a broken version rolled back while the good one keeps serving.
+
+Three ModelVersions of one model `m` (a logistic regression on 20 features) are registered by hand,
+the artifacts in an S3 server (moto) on the bridge's host address: v1 and v2 are sound, v3 names a
+digest that is not its file's. An InferenceService follows the Production stage. Requests go to the
+Service's ClusterIP from the host, a new connection each, so kube-proxy spreads them over the pods as
+it does for any client. Needs the node (hack/node-up.sh) and the runtime image (make images).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+
+import boto3
+import pytest
+import serve_models
+from prometheus_client.parser import text_string_to_metric_families
+
+from operator_process import OperatorProcess
+from s3_server import moto_server
+
+pytestmark = pytest.mark.cluster
+
+BRIDGE_IP = "10.244.0.1"  # hack/lib.sh: the pod bridge's host side, reachable from pods
+BUCKET = "kiln-rollout"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e"}
+
+
+@pytest.fixture(scope="module")
+def ns(kubectl, crds):
+    name = f"t-rollout-{uuid.uuid4().hex[:6]}"
+    kubectl.run("create", "namespace", name)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kiln-store", "namespace": name},
+              "stringData": CREDENTIALS}
+    kubectl.apply(json.dumps(secret))
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    with moto_server(BRIDGE_IP) as url:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id="e2e", aws_secret_access_key="e2e")
+        client.create_bucket(Bucket=BUCKET)
+        files = serve_models.build(tmp_path_factory.mktemp("model"), "lr")
+        client.upload_file(str(files.skops), BUCKET, "m/model.skops")
+        yield url, files
+
+
+def model_version(files, version: int, stage: str, sha256: str | None = None) -> dict:
+    signature = json.loads(files.signature.read_text())
+    signature.pop("onnx", None)
+    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"m-v{version}"},
+            "spec": {"modelName": "m", "version": version, "stage": stage, "signature": signature,
+                     "framework": {"name": "scikit-learn", "version": "1.8.0"},
+                     "artifact": {"uri": f"s3://{BUCKET}/m/model.skops", "format": "skops",
+                                  "sha256": sha256 or files.sha["model.skops"]}}}
+
+
+@pytest.fixture(scope="module")
+def service(kubectl, kubeconfig, ns, model, tmp_path_factory):
+    """The operator running, v1 in Production, and an InferenceService serving it; yields its ClusterIP."""
+    url, files = model
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {"KILN_S3_ENDPOINT": url, "KILN_STORE_SECRET": "kiln-store", "KILN_ARTIFACT_ROOT": f"s3://{BUCKET}/runs"}
+    with OperatorProcess(kubeconfig, log, "--namespace", ns, env=env):
+        kubectl.apply(json.dumps(model_version(files, 1, "Production")), "-n", ns)
+        kubectl.apply(json.dumps(model_version(files, 2, "Staging")), "-n", ns)
+        isvc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "m"},
+                "spec": {"model": {"modelName": "m", "stage": "Production"},
+                         "autoscaling": {"minReplicas": 2, "maxReplicas": 2},
+                         "rollout": {"progressDeadlineSeconds": 120},
+                         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}}}
+        kubectl.apply(json.dumps(isvc), "-n", ns)
+        try:
+            wait_status(kubectl, ns, lambda s: s.get("modelVersion") == "m-v1" and s.get("readyReplicas") == 2,
+                        "m-v1 served by 2 ready replicas", timeout=240)
+            ip = kubectl.json("get", "service", "m", "-n", ns)["spec"]["clusterIP"]
+            yield f"http://{ip}"
+        except BaseException:
+            print(log.read_text()[-6000:])
+            print(kubectl.run("get", "kiln,deploy,pods", "-n", ns, "-o", "wide", check=False).stdout)
+            raise
+
+
+def isvc_status(kubectl, ns) -> dict:
+    return kubectl.json("get", "inferenceservice", "m", "-n", ns).get("status") or {}
+
+
+def wait_status(kubectl, ns, predicate, what: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = isvc_status(kubectl, ns)
+        if predicate(status):
+            return status
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; status: {json.dumps(status, indent=1)}")
+
+
+def infer(base: str, row) -> int:
+    """One V2 request on a new connection; returns the version that answered."""
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 20], "datatype": "FP64", "data": list(row)}]})
+    req = urllib.request.Request(f"{base}/v2/models/m/infer", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as answer:
+        return int(json.load(answer)["model_version"])
+
+
+class SteadyLoad:
+    """Clients sending requests back to back until stopped; counts answers by version, and failures."""
+
+    def __init__(self, base: str, rows, clients: int = 4):
+        self.base, self.rows, self.clients = base, rows, clients
+        self.answers: Counter = Counter()
+        self.timeline: list[int] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def _client(self, offset: int) -> None:
+        i = offset
+        while not self.stop.is_set():
+            try:
+                version = infer(self.base, self.rows[i % len(self.rows)])
+                with self.lock:
+                    self.answers[version] += 1
+                    self.timeline.append(version)
+            except Exception as exc:  # any refused, reset or non-200 request is a failed request
+                with self.lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+            i += self.clients
+
+    def __enter__(self) -> "SteadyLoad":
+        self.started = time.monotonic()
+        self.threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(self.clients)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=10)
+        self.seconds = time.monotonic() - self.started
+
+    def report(self, what: str) -> str:
+        total = sum(self.answers.values())
+        return (f"{what}: {total} requests in {self.seconds:.0f} s ({total / self.seconds:.0f}/s), "
+                f"{len(self.failures)} failed, by version {dict(sorted(self.answers.items()))}")
+
+
+def served_requests(kubectl, ns) -> Counter:
+    """kiln_requests_total answered 200, summed over every serving pod, by model version."""
+    counts: Counter = Counter()
+    for pod in kubectl.json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=m")["items"]:
+        ip = pod["status"].get("podIP")
+        if not ip or pod["metadata"].get("deletionTimestamp"):
+            continue
+        with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "kiln_requests_total" and sample.labels.get("code") == "200":
+                    counts[sample.labels["version"]] += sample.value
+    return counts
+
+
+def test_a_20_percent_canary_gets_about_a_fifth_of_the_requests(kubectl, ns, service, model):
+    _, files = model
+    kubectl.run("patch", "inferenceservice", "m", "-n", ns, "--type=merge",
+                "-p", json.dumps({"spec": {"canary": {"versionRef": {"name": "m-v2"}, "trafficPercent": 20}}}))
+    status = wait_status(kubectl, ns, lambda s: s.get("canaryVersion") == "m-v2" and s.get("readyReplicas") == 5,
+                         "4 primary and 1 canary replicas ready", timeout=240)
+    assert {t["version"]: t["percent"] for t in status["traffic"]} == {"m-v1": 80, "m-v2": 20}
+    before = served_requests(kubectl, ns)
+    answered = Counter(infer(service, files.X[i % len(files.X)]) for i in range(1000))
+    after = served_requests(kubectl, ns)
+    share = (after["2"] - before["2"]) / sum(after[v] - before[v] for v in after)
+    print(f"canary at 20%: {share:.1%} of 1000 requests by the pods' kiln_requests_total, "
+          f"{answered[2] / 10:.1f}% by the answers' model_version")
+    assert 0.13 <= share <= 0.27, share
+    # The counters saw what the clients saw, plus the kubelet's readiness probes (every 2 s per pod).
+    assert 0 <= (after["2"] - before["2"]) - answered[2] <= 15, (answered, after, before)
+
+    kubectl.run("patch", "inferenceservice", "m", "-n", ns, "--type=merge", "-p", '{"spec": {"canary": null}}')
+    wait_status(kubectl, ns, lambda s: not s.get("canaryVersion") and len(s.get("traffic", [])) == 1,
+                "the canary removed", timeout=120)
+
+
+def test_promoting_v2_moves_traffic_with_no_failed_request(kubectl, ns, service, model):
+    _, files = model
+    with SteadyLoad(service, files.X) as load:
+        time.sleep(3)
+        kubectl.run("patch", "modelversion", "m-v2", "-n", ns, "--type=merge", "-p", '{"spec": {"stage": "Production"}}')
+        wait_status(kubectl, ns, lambda s: s.get("modelVersion") == "m-v2", "m-v2 rolled out", timeout=300)
+        time.sleep(3)
+    print(load.report("promotion v1 -> v2 under steady load"))
+    assert not load.failures, load.failures[:5]
+    assert load.answers[1] > 0 and load.answers[2] > 0
+    assert set(load.timeline[-20:]) == {2}, "the last answers must all come from v2"
+    events = kubectl.json("get", "events", "-n", ns, "--field-selector", "reason=RolledOut")["items"]
+    assert any("m-v2" in e["message"] for e in events)
+
+
+def test_a_broken_v3_is_rolled_back_while_v2_keeps_serving(kubectl, ns, service, model):
+    _, files = model
+    kubectl.apply(json.dumps(model_version(files, 3, "Production", sha256="0" * 64)), "-n", ns)
+    with SteadyLoad(service, files.X, clients=2) as load:
+        status = wait_status(kubectl, ns, lambda s: s.get("rolledBackVersion") == "m-v3", "m-v3 rolled back",
+                             timeout=300)
+        time.sleep(3)
+    print(load.report("bad v3 rolled back"))
+    assert status["modelVersion"] == "m-v2"
+    rolled = {c["type"]: c for c in status["conditions"]}["RolledBack"]
+    assert rolled["status"] == "True" and "m-v3" in rolled["message"] and "m-v2" in rolled["message"]
+    assert not load.failures and set(load.answers) == {2}, (load.answers, load.failures[:5])
+    events = kubectl.json("get", "events", "-n", ns, "--field-selector", "reason=RolledBack")["items"]
+    assert any(e["type"] == "Warning" and "m-v3" in e["message"] for e in events)
+    # The primary is back on v2's pod template, and no v3 pod is left.
+    wait_status(kubectl, ns, lambda s: {c["type"]: c["status"] for c in s["conditions"]}.get("Progressing") == "False",
+                "the rollback complete", timeout=120)
+    pods = kubectl.json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=m")["items"]
+    assert {p["metadata"]["labels"]["kiln.dev/model-version"] for p in pods
+            if not p["metadata"].get("deletionTimestamp")} == {"m-v2"}
