@@ -258,7 +258,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--s3-endpoint", required=True, help="the artifact store (hack/store-up.sh prints it)")
     parser.add_argument("--summary", help="write the outcome as JSON here (the end-to-end test reads it)")
+    parser.add_argument("--upload-only", action="store_true",
+                        help="only put the examples' data (iris.csv) into the store, e.g. for the Helm chart's walk-through")
     args = parser.parse_args()
+    if args.upload_only:
+        upload_data(args.s3_endpoint)
+        return 0
     KUBECTL = kubectl_binary()
     log = CACHE / "state/logs/operator-demo.log"
     log.parent.mkdir(parents=True, exist_ok=True)
