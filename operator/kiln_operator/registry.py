@@ -58,12 +58,20 @@ def register(pipeline: dict[str, Any], run_id: str, mv_spec: dict[str, Any]) -> 
     return name
 
 
+def to_archive(mvs: list[dict[str, Any]], model: str, keep: str) -> list[str]:
+    """The other Production versions of `model` that runs registered. A version a person registered
+    keeps the stage they gave it: the operator never writes a user's spec (serving takes the newest
+    Production version anyway)."""
+    return [mv["metadata"]["name"] for mv in versions_of(mvs, model)
+            if mv["metadata"]["name"] != keep and mv["spec"].get("stage") == "Production"
+            and (mv["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == training.MANAGED_BY]
+
+
 def archive_other_production(namespace: str, model: str, keep: str) -> None:
-    """At most one Production version per model: the previous one moves to Archived."""
-    for mv in versions_of(k8s.list_(API_VERSION, "ModelVersion", namespace), model):
-        if mv["metadata"]["name"] != keep and mv["spec"].get("stage") == "Production":
-            k8s.patch_spec(API_VERSION, "ModelVersion", namespace, mv["metadata"]["name"], {"stage": "Archived"})
-            log.info(f"archived {mv['metadata']['name']}: {keep} is now Production")
+    """One Production version per model, among those runs registered: the previous ones move to Archived."""
+    for name in to_archive(k8s.list_(API_VERSION, "ModelVersion", namespace), model, keep):
+        k8s.patch_spec(API_VERSION, "ModelVersion", namespace, name, {"stage": "Archived"})
+        log.info(f"archived {name}: {keep} is now Production")
 
 
 def plan_model_version(mv: dict[str, Any], verify: JobView, cfg: OperatorConfig, now: str) -> Plan:

@@ -301,6 +301,17 @@ def test_a_summary_cut_to_fit_the_termination_message_is_completed_from_the_logs
     assert termination_summaries([pod], lambda p: logs["p"])[0] == cut
 
 
+def test_promotion_archives_only_the_versions_runs_registered():
+    def version(n, stage, by_run=True):
+        labels = {"app.kubernetes.io/managed-by": "kiln-operator"} if by_run else {}
+        return {"metadata": {"name": f"iris-v{n}", "labels": labels},
+                "spec": {"modelName": "iris", "version": n, "stage": stage}}
+
+    mvs = [version(1, "Production"), version(2, "Production", by_run=False), version(3, "Staging"),
+           version(4, "Production"), {"metadata": {"name": "wine-v1"}, "spec": {"modelName": "wine", "stage": "Production"}}]
+    assert registry.to_archive(mvs, "iris", keep="iris-v4") == ["iris-v1"]
+
+
 def registered(stage="Staging", verified=True, history=None) -> dict:
     mv = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
           "metadata": {"name": "iris-v1", "namespace": "ml", "uid": "mv-1", "generation": 2},

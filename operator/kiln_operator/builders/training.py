@@ -30,6 +30,8 @@ def run_job_name(pipeline: dict[str, Any], run_id: str, step: str) -> str:
     return short_name(pipeline["metadata"]["name"], run_id, step)
 
 
+# Marks the ModelVersions runs registered, whose stage the registry may move (registry.to_archive).
+MANAGED_BY = "kiln-operator"
 # kiln_runtime.store.SOURCE_ENV_PREFIX: where the runtime looks for a Dataset's own credentials.
 SOURCE_ENV_PREFIX = "KILN_SOURCE_"
 
@@ -178,7 +180,7 @@ def model_version(pipeline: dict[str, Any], run_id: str, version: int, summary_m
         "metadata": {
             "name": f"{model}-v{version}",
             "namespace": pipeline["metadata"]["namespace"],
-            "labels": {"app.kubernetes.io/part-of": "kiln", "app.kubernetes.io/managed-by": "kiln-operator",
+            "labels": {"app.kubernetes.io/part-of": "kiln", "app.kubernetes.io/managed-by": MANAGED_BY,
                        "kiln.dev/model": model, "kiln.dev/pipeline": pipeline["metadata"]["name"],
                        LABEL_RUN: run_id},
         },
