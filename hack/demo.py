@@ -247,6 +247,9 @@ def run(endpoint: str) -> dict:
                   f"serving {s.get('modelVersion')}"), 300)
     answer = predict(url, [[5.1, 3.5, 1.4, 0.2]])
     say(f"{second} serves: {answer}")
+    # kiln-serve checked the digest when it loaded; the registry records its own check too, and the
+    # operator stops with the demo, so the demo waits for it.
+    wait_ready("modelversion", second, 180)
     summary = {"firstVersion": first, "secondVersion": second, "driftMessage": detected["message"],
                "url": url}
     say("done: data -> training -> registry -> serving -> drift -> retraining -> serving, no human step")
