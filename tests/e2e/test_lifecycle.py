@@ -44,12 +44,16 @@ def test_drift_retrains_and_the_new_version_is_served(demo, kubectl):
     assert "petal_length" in demo["driftMessage"]
     isvc = kubectl.json("get", "inferenceservice", "iris", "-n", NS)
     assert isvc["status"]["modelVersion"] == "iris-v2"
+    # The verdict follows the serving version: v2's windows start empty, so it is not "False" yet,
+    # while the Events keep what was found on v1.
     drift = {c["type"]: c for c in isvc["status"]["conditions"]}["DriftDetected"]
-    assert drift["status"] == "True" and isvc["status"]["drift"]["worstFeatures"][0]["name"] == "petal_length"
+    assert drift["status"] in ("True", "Unknown"), drift
     runs = kubectl.json("get", "trainingpipeline", "iris-forest", "-n", NS)["status"]["runs"]
     assert [r["trigger"] for r in runs] == ["create", "drift"]  # one run per cooldown: no storm
-    reasons = {e["reason"] for e in kubectl.json("get", "events", "-n", NS)["items"]}
-    assert {"RunStarted", "ModelVersionCreated", "RolledOut", "DriftDetected", "RetrainRequested"} <= reasons
+    events = kubectl.json("get", "events", "-n", NS)["items"]
+    assert {"RunStarted", "ModelVersionCreated", "RolledOut", "DriftDetected", "RetrainRequested"} <= {
+        e["reason"] for e in events}
+    assert any("petal_length" in e["message"] for e in events if e["reason"] == "DriftDetected")
 
 
 def test_registered_versions_carry_lineage_verification_and_the_gate_metric(demo, kubectl):

@@ -9,14 +9,19 @@ covers the 8-trial search itself; runs here are kept small. Needs the node and t
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
 
 import boto3
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import datasets
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import accuracy_score
+from sklearn.model_selection import train_test_split
 
 from operator_process import OperatorProcess
 from s3_server import moto_server
@@ -115,6 +120,13 @@ def test_new_dataset_content_gives_a_new_version_and_with_on_dataset_change_v2(k
     ns, client = cluster_setup
     first = wait_run(kubectl, ns, "wine", 1)
     assert first["phase"] == "Succeeded" and first["modelVersion"] == "wine-v1", first
+    # v1's held-out accuracy is scikit-learn's own on the same rows, split and seed.
+    mv1 = kubectl.json("get", "modelversion", "wine-v1", "-n", ns)["spec"]
+    frame = pd.read_csv(io.BytesIO(wine_csv(slice(0, 150))[0]))
+    X, y = frame.drop(columns="cultivar"), frame["cultivar"].to_numpy()
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=3, stratify=y)
+    direct = RandomForestClassifier(**mv1["params"]).fit(X_train, y_train)
+    assert mv1["metrics"]["accuracy"] == pytest.approx(accuracy_score(y_test, direct.predict(X_test)), abs=1e-12)
     before = kubectl.json("get", "dataset", "wine", "-n", ns)["status"]
     assert before["rows"] == 150
 
