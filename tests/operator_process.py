@@ -22,13 +22,15 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None):
         self.kubeconfig, self.log, self.args, self.env = kubeconfig, log, args, env or {}
         self.port = free_port()
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "OperatorProcess":
         out = self.log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kiln_operator", "--kubeconfig", str(self.kubeconfig),
-             "--health", f"http://127.0.0.1:{self.port}/healthz", *self.args],
+             "--health", f"http://127.0.0.1:{self.port}/healthz", "--metrics-port", str(self.metrics_port),
+             *self.args],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--health", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     parser.add_argument("--peering", default=None,
                         help="KopfPeering name: replicas elect one active operator (default: standalone)")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("KILN_METRICS_PORT", "8081")),
+                        help="port of the operator's Prometheus metrics (0: none)")
     parser.add_argument("--log-level", default=os.environ.get("KILN_LOG_LEVEL", "INFO"))
     parser.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON")
     args = parser.parse_args(argv)
@@ -38,10 +41,14 @@ def main(argv: list[str] | None = None) -> None:
 
     import kopf  # imported after the kubeconfig is chosen: kopf's login reads it
 
-    from . import finalizers, handlers, settings  # noqa: F401  (registers the handlers)
+    from . import finalizers, handlers, metrics, settings  # noqa: F401  (registers the handlers)
 
-    finalizers.release_stuck(args.namespace, grace=0)  # whatever an outage left behind, at once
-    finalizers.keep_releasing(args.namespace)
+    finalizers.release_all(args.namespace)  # what the timers of earlier versions left on objects
+    try:
+        metrics.serve(args.metrics_port, handlers.CONTROLLER.queue.depth, handlers.CONTROLLER.queue.oldest_wait,
+                      handlers.CONTROLLER.ready_states)
+    except OSError as exc:  # a taken port must not keep the operator from working
+        logging.getLogger(__name__).warning(f"no metrics endpoint on port {args.metrics_port}: {exc}")
 
     kopf.run(
         clusterwide=not args.namespace,

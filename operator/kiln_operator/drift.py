@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-# How often the reports are read: windows fill over minutes, the operator's timer ticks every 3 s.
+# How often the reports are read: windows fill over minutes. The operator wakes each serving service
+# up this often for it (reconcilers.watch_drift).
 READ_EVERY_SECONDS = 15
 WORST = 3
 
@@ -37,11 +38,6 @@ class Outcome:
 def _seconds_between(earlier: str, later: str) -> float:
     parse = lambda v: datetime.fromisoformat(v.replace("Z", "+00:00"))  # noqa: E731
     return (parse(later) - parse(earlier)).total_seconds()
-
-
-def due(isvc: dict[str, Any], now: str) -> bool:
-    observed = ((isvc.get("status") or {}).get("drift") or {}).get("observedAt")
-    return not observed or _seconds_between(observed, now) >= READ_EVERY_SECONDS
 
 
 def from_reports(reports: list[dict[str, Any]]) -> Verdict | None:
@@ -73,20 +69,29 @@ def from_prometheus(psi: dict[str, float], drifted: dict[str, float]) -> Verdict
     return Verdict(detected=any(f["drift"] for f in features.values()), features=features)
 
 
+def _since(previous: dict[str, Any], new: dict[str, Any], now: str) -> dict[str, Any]:
+    """`new` with `observedAt` kept from `previous` when nothing else moved: a verdict read again and
+    found the same writes nothing (observedAt is when this verdict was first read)."""
+    strip = lambda d: {k: v for k, v in d.items() if k != "observedAt"}  # noqa: E731
+    if previous.get("observedAt") and strip(previous) == strip(new):
+        return dict(previous)
+    return {**new, "observedAt": now}
+
+
 def plan(isvc: dict[str, Any], verdict: Verdict | None, now: str) -> Outcome:
     out = Outcome()
     spec = isvc["spec"].get("monitoring", {}).get("drift", {})
     previous = (isvc.get("status") or {}).get("drift") or {}
     if verdict is None:
-        out.status["drift"] = {**previous, "observedAt": now}
+        out.status["drift"] = _since(previous, previous, now)
         out.conditions.append(("DriftDetected", "Unknown", "NoReport",
                                "no monitoring sidecar has a drift verdict yet (fewer requests than its window needs, or starting)"))
         return out
     ranked = sorted(verdict.features.items(), key=lambda kv: (kv[1]["drift"], kv[1]["psi"] or 0.0), reverse=True)
     worst = [{"name": n, "psi": round(f["psi"], 4)} for n, f in ranked[:WORST] if f["psi"] is not None]
     scores = [f["psi"] for f in verdict.features.values() if f["psi"] is not None]
-    drift_status = {**previous, "observedAt": now, "worstFeatures": worst,
-                    "score": round(max(scores), 4) if scores else None}
+    drift_status = _since(previous, {**previous, "worstFeatures": worst,
+                                     "score": round(max(scores), 4) if scores else None}, now)
     out.status["drift"] = drift_status
     if not verdict.detected:
         out.conditions.append(("DriftDetected", "False", "InDistribution",

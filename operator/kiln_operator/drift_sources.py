@@ -35,9 +35,11 @@ def sidecar_reports(pods: list[dict[str, Any]], version: str) -> list[dict[str, 
     return reports
 
 
-def from_prometheus(base_url: str, model: str, version: str) -> drift.Verdict | None:
+def from_prometheus(base_url: str, namespace: str, model: str, version: str) -> drift.Verdict | None:
+    """The verdict of the sidecars serving `model` `version` in `namespace`: another namespace may serve
+    a model of the same name and version, and its drift is not this service's."""
     def per_feature(metric: str) -> dict[str, float]:
-        query = f'max by (feature) ({metric}{{model="{model}",version="{version}"}})'
+        query = f'max by (feature) ({metric}{{namespace="{namespace}",model="{model}",version="{version}"}})'
         url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
         try:
             result = _get_json(url)["data"]["result"]

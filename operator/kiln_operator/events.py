@@ -1,16 +1,23 @@
-"""Events and status writes shared by the handlers."""
+"""Events and the merging of conditions shared by the reconcilers."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-import kopf
-
+from . import k8s, metrics
 from .conditions import get_condition, set_condition
+
+log = logging.getLogger(__name__)
 
 
 def post(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+    """Posts an Event; one that cannot be posted is logged, never a reason to fail the reconcile."""
+    metrics.EVENTS.labels(kind=body.get("kind", ""), type=type_, reason=reason).inc()
+    try:
+        k8s.post_event(body, type_, reason, message)
+    except Exception as exc:  # e.g. the namespace is terminating
+        log.warning(f"could not post Event {reason}: {exc}")
 
 
 def merge_conditions(body: dict[str, Any], updates: list[tuple[str, str, str, str]]) -> tuple[list, list[str]]:

@@ -1,29 +1,41 @@
 """The only module that talks to the Kubernetes API for the operator's own reads and writes.
 
-Children are written with server-side apply under the field manager `kiln`: applying the same
-manifest twice is a no-op, so every reconcile can simply apply what it wants (idempotent, restart-safe).
-Handlers are sync functions that kopf runs in its thread pool, so these blocking calls never stall
-kopf's event loop.
+Children are written with server-side apply under the field manager `kiln`. Reconciles read the
+cluster from the watch-fed cache (cache.py) and call here only to write what differs, so every call
+in this module is a real change, and each is counted (`kiln_operator_api_requests_total`). Calls
+block: the controller's worker threads make them, never kopf's event loop.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
+from . import metrics
+
 FIELD_MANAGER = "kiln"
 # How long an answer of API discovery is trusted: CRDs installed or removed later are seen this much
-# later, and a timer reconciling every 3 s does not ask the apiserver each time.
-DISCOVERY_TTL_SECONDS = 30.0
+# later. Long, because at rest the operator should ask the apiserver nothing.
+DISCOVERY_TTL_SECONDS = 300.0
 _served: dict[tuple[str, str], tuple[float, bool]] = {}
 _served_lock = threading.Lock()
+
+
+class Conflict(Exception):
+    """The name is taken (409): how version numbers stay unique."""
+
+
+def _count(verb: str, kind: str) -> None:
+    metrics.API_REQUESTS.labels(verb=verb, kind=kind).inc()
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,6 +63,7 @@ def serves(group_version: str, plural: str) -> bool:
     if cached and time.monotonic() - cached[0] < DISCOVERY_TTL_SECONDS:
         return cached[1]
     try:
+        _count("discover", group_version)
         doc = dynamic().request("GET", f"/apis/{group_version}").to_dict()
         found = any(r.get("name") == plural for r in doc.get("resources") or [])
     except NotFoundError:
@@ -68,29 +81,44 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply; the result is the object as stored."""
     res = _resource(manifest["apiVersion"], manifest["kind"])
     meta = manifest["metadata"]
+    _count("apply", manifest["kind"])
     return res.server_side_apply(body=manifest, name=meta["name"], namespace=meta.get("namespace"),
                                  field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()
 
 
 def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    _count("get", kind)
     try:
         return _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
     except NotFoundError:
         return None
 
 
-def list_(api_version: str, kind: str, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+def list_(api_version: str, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    _count("list", kind)
     result = _resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
     return [item.to_dict() for item in result.items]
 
 
+def list_kind(api_version: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+    """Every object of a kind, in one namespace or (None) all: for start-up housekeeping only."""
+    return list_(api_version, kind, namespace)
+
+
 def create(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Create that fails with a 409 when the name is taken: how version numbers stay unique."""
+    """Create that raises Conflict when the name is taken: how version numbers stay unique."""
     res = _resource(manifest["apiVersion"], manifest["kind"])
-    return res.create(body=manifest, namespace=manifest["metadata"].get("namespace")).to_dict()
+    _count("create", manifest["kind"])
+    try:
+        return res.create(body=manifest, namespace=manifest["metadata"].get("namespace")).to_dict()
+    except client.ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(str(exc.reason)) from None
+        raise
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str) -> None:
+    _count("delete", kind)
     try:
         _resource(api_version, kind).delete(name=name, namespace=namespace,
                                             body={"propagationPolicy": "Background"})
@@ -98,13 +126,16 @@ def delete(api_version: str, kind: str, namespace: str, name: str) -> None:
         pass
 
 
-def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch of the status; the result is the object as stored."""
     res = _resource(api_version, kind)
-    res.status.patch(body={"status": status}, name=name, namespace=namespace,
-                     content_type="application/merge-patch+json")
+    _count("patch-status", kind)
+    return res.status.patch(body={"status": status}, name=name, namespace=namespace,
+                            content_type="application/merge-patch+json").to_dict()
 
 
 def pod_logs_tail(namespace: str, pod: str, container: str | None = None, lines: int = 20) -> str:
+    _count("logs", "Pod")
     try:
         return client.CoreV1Api(dynamic().client).read_namespaced_pod_log(
             pod, namespace, container=container, tail_lines=lines)
@@ -112,20 +143,47 @@ def pod_logs_tail(namespace: str, pod: str, container: str | None = None, lines:
         return ""
 
 
-def patch_spec(api_version: str, kind: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+def patch_spec(api_version: str, kind: str, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """A merge patch of a spec the operator itself created (a registry entry's stage), never a user's."""
-    _resource(api_version, kind).patch(body={"spec": spec}, name=name, namespace=namespace,
-                                       content_type="application/merge-patch+json")
+    _count("patch", kind)
+    return _resource(api_version, kind).patch(body={"spec": spec}, name=name, namespace=namespace,
+                                              content_type="application/merge-patch+json").to_dict()
 
 
-def annotate(api_version: str, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+def annotate(api_version: str, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> dict[str, Any]:
     """Sets annotations on another object: how one Kiln object asks another for work (a run request)."""
-    _resource(api_version, kind).patch(body={"metadata": {"annotations": annotations}}, name=name,
-                                       namespace=namespace, content_type="application/merge-patch+json")
+    _count("patch", kind)
+    return _resource(api_version, kind).patch(body={"metadata": {"annotations": annotations}}, name=name,
+                                              namespace=namespace, content_type="application/merge-patch+json").to_dict()
 
 
-def is_current(obj: dict[str, Any]) -> bool:
-    """Whether the object still exists as this very object (same uid), and not only by name."""
+def remove_finalizer(api_version: str, kind: str, obj: dict[str, Any], finalizer: str) -> bool:
+    """Drops one finalizer, only from the version read (resourceVersion): False when it changed since."""
     meta = obj["metadata"]
-    live = get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-    return live is not None and live["metadata"]["uid"] == meta["uid"]
+    remaining = [f for f in meta.get("finalizers") or [] if f != finalizer]
+    _count("patch", kind)
+    try:
+        _resource(api_version, kind).patch(
+            name=meta["name"], namespace=meta["namespace"], content_type="application/merge-patch+json",
+            body={"metadata": {"finalizers": remaining, "resourceVersion": meta["resourceVersion"]}})
+    except client.ApiException:
+        return False
+    return True
+
+
+def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event about a Kiln object, as `kubectl describe` shows it."""
+    meta = obj["metadata"]
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": type_, "reason": reason, "message": message[:1024],
+        "source": {"component": "kiln-operator"}, "reportingComponent": "kiln-operator",
+        "reportingInstance": socket.gethostname()[:128],
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+    _count("create", "Event")
+    _resource("v1", "Event").create(body=event, namespace=meta["namespace"])

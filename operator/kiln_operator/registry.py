@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from kubernetes.client import ApiException
-from kubernetes.dynamic.exceptions import ConflictError
-
-from . import k8s
-from .api.kinds import API_VERSION
 from .builders import training
 from .builders.meta import LABEL_RUN
 from .config import OperatorConfig
 from .jobs import JobView
 from .plan import Plan
-
-log = logging.getLogger(__name__)
 
 
 def versions_of(mvs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
@@ -28,34 +20,17 @@ def production_version(mvs: list[dict[str, Any]], model: str) -> dict[str, Any] 
     return max(staged, key=lambda m: m["spec"]["version"]) if staged else None
 
 
-def register(pipeline: dict[str, Any], run_id: str, mv_spec: dict[str, Any]) -> str:
-    """Creates the run's ModelVersion once, with the next free version number; returns its name.
-
-    Idempotent under restarts (an existing entry of the same pipeline and run is returned) and safe
-    under concurrent runs: `create` fails with 409 when another run took the number, and the next
-    number is tried.
-    """
-    ns, model = pipeline["metadata"]["namespace"], pipeline["spec"]["modelName"]
-    mvs = k8s.list_(API_VERSION, "ModelVersion", ns)
-    for mv in versions_of(mvs, model):
+def entry_of_run(mvs: list[dict[str, Any]], pipeline: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+    """The ModelVersion a pipeline's run already registered, if any (a restart must not register twice)."""
+    for mv in versions_of(mvs, pipeline["spec"]["modelName"]):
         labels = mv["metadata"].get("labels") or {}
         if labels.get(LABEL_RUN) == run_id and labels.get("kiln.dev/pipeline") == pipeline["metadata"]["name"]:
-            return mv["metadata"]["name"]
-    version = max((m["spec"]["version"] for m in versions_of(mvs, model)), default=0) + 1
-    for _ in range(20):
-        try:
-            created = k8s.create(training.model_version(pipeline, run_id, version, mv_spec))
-            break
-        except (ConflictError, ApiException) as exc:
-            if getattr(exc, "status", None) != 409:
-                raise
-            version += 1
-    else:
-        raise RuntimeError(f"could not find a free version number for model {model}")
-    name = created["metadata"]["name"]
-    if created["spec"].get("stage") == "Production":
-        archive_other_production(ns, model, keep=name)
-    return name
+            return mv
+    return None
+
+
+def next_version(mvs: list[dict[str, Any]], model: str) -> int:
+    return max((m["spec"]["version"] for m in versions_of(mvs, model)), default=0) + 1
 
 
 def to_archive(mvs: list[dict[str, Any]], model: str, keep: str) -> list[str]:
@@ -65,13 +40,6 @@ def to_archive(mvs: list[dict[str, Any]], model: str, keep: str) -> list[str]:
     return [mv["metadata"]["name"] for mv in versions_of(mvs, model)
             if mv["metadata"]["name"] != keep and mv["spec"].get("stage") == "Production"
             and (mv["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == training.MANAGED_BY]
-
-
-def archive_other_production(namespace: str, model: str, keep: str) -> None:
-    """One Production version per model, among those runs registered: the previous ones move to Archived."""
-    for name in to_archive(k8s.list_(API_VERSION, "ModelVersion", namespace), model, keep):
-        k8s.patch_spec(API_VERSION, "ModelVersion", namespace, name, {"stage": "Archived"})
-        log.info(f"archived {name}: {keep} is now Production")
 
 
 def plan_model_version(mv: dict[str, Any], verify: JobView, cfg: OperatorConfig, now: str) -> Plan:

@@ -101,7 +101,21 @@ def test_a_spec_the_schema_cannot_catch_is_reported_not_crashed(kubectl, operato
     assert obj["spec"]["schedule"] == "0 3 * * *"  # the operator never writes the user's spec
 
 
-def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconfig, crds, namespace, tmp_path):
+def _api_requests(op: OperatorProcess) -> float:
+    """The operator's own count of requests its reconciles sent (kopf's watches are not requests)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as page:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in page.read().decode().splitlines()
+                   if line.startswith("kiln_operator_api_requests_total{"))
+
+
+def _all_ready(kubectl, namespace, copies):
+    return all(_ready(kubectl, namespace, kind, f"{name}-{i}") for i in range(copies)
+               for kind, name in (("dataset", "iris"), ("trainingpipeline", "iris-forest"),
+                                  ("modelversion", "iris-v1"), ("inferenceservice", "iris")))
+
+
+@pytest.mark.parametrize("kill_after", [0.5, 2.5, 6.0])
+def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconfig, crds, namespace, tmp_path, kill_after):
     docs = []
     for i in range(8):
         for path in sorted(EXAMPLES.glob("*.yaml")):
@@ -110,20 +124,22 @@ def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconf
             docs.append(body)
     kubectl.apply(yaml.safe_dump_all(docs), "-n", namespace)
     with OperatorProcess(kubeconfig, tmp_path / "op1.log", "--namespace", namespace) as first:
-        time.sleep(2.5)  # long enough to be in the middle of the 32 objects
+        time.sleep(kill_after)  # before, in the middle of, or after the first reconciles of the 32 objects
         first.proc.send_signal(signal.SIGKILL)
-    with OperatorProcess(kubeconfig, tmp_path / "op2.log", "--namespace", namespace):
-        kubectl.wait_for(lambda: all(_ready(kubectl, namespace, kind, f"{name}-{i}") for i in range(8)
-                                     for kind, name in (("dataset", "iris"), ("trainingpipeline", "iris-forest"),
-                                                        ("modelversion", "iris-v1"), ("inferenceservice", "iris"))),
-                         timeout=120, what="every object reconciled")
-        time.sleep(4)  # a few more timer rounds: nothing may be created twice
+    with OperatorProcess(kubeconfig, tmp_path / "op2.log", "--namespace", namespace) as second:
+        kubectl.wait_for(lambda: _all_ready(kubectl, namespace, 8), timeout=120, what="every object reconciled")
+        # At rest: nothing changes, so the operator sends nothing (its watches aside).
+        time.sleep(3)
+        before = _api_requests(second)
+        time.sleep(8)
+        assert _api_requests(second) == before, "the operator sent requests with nothing changing"
     for kind in KINDS:
         items = kubectl.json("get", kind, "-n", namespace)["items"]
         assert len(items) == 8
         for obj in items:
             types = [c["type"] for c in obj["status"]["conditions"]]
             assert len(types) == len(set(types)), obj["metadata"]["name"]
+            assert not obj["metadata"].get("finalizers"), obj["metadata"]["name"]
     # One set of children per parent, each owned by a live parent: no duplicate, no orphan.
     for parent_kind, kinds in (("inferenceservices", ("deployments", "services", "hpa", "pdb")),
                                ("datasets", ("jobs",)), ("modelversions", ("jobs",))):
@@ -135,16 +151,23 @@ def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconf
             assert {c["metadata"]["ownerReferences"][0]["uid"] for c in children} == parents, kind
 
 
-def test_a_namespace_deleted_while_the_operator_was_down_is_not_stuck(kubectl, kubeconfig, crds, tmp_path):
+def test_a_namespace_is_deleted_with_no_operator_running(kubectl, kubeconfig, crds, tmp_path):
     namespace = f"t-gone-{int(time.time() * 1000) % 100000}"
     kubectl.run("create", "namespace", namespace)
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES / "04-inferenceservice.yaml"))
     with OperatorProcess(kubeconfig, tmp_path / "op1.log", "--namespace", namespace):
         kubectl.wait_for(lambda: _ready(kubectl, namespace, "inferenceservice", "iris"), timeout=60,
-                         what="the first reconcile")  # kopf's timer has put its finalizer on it by now
+                         what="the first reconcile")
+    assert not kubectl.json("get", "inferenceservice", "iris", "-n", namespace)["metadata"].get("finalizers")
     kubectl.run("delete", "namespace", namespace, "--wait=false")
-    time.sleep(3)
-    assert kubectl.json("get", "namespace", namespace)["status"]["phase"] == "Terminating"
-    with OperatorProcess(kubeconfig, tmp_path / "op2.log", "--namespace", namespace):
-        kubectl.wait_for(lambda: kubectl.run("get", "namespace", namespace, check=False).returncode != 0,
-                         timeout=90, what=f"namespace {namespace} to be gone")
+    kubectl.wait_for(lambda: kubectl.run("get", "namespace", namespace, check=False).returncode != 0,
+                     timeout=90, what=f"namespace {namespace} to be gone without an operator")
+
+
+def test_the_finalizer_an_earlier_version_left_is_removed_at_start(kubectl, kubeconfig, crds, namespace, tmp_path):
+    body = yaml.safe_load((EXAMPLES / "04-inferenceservice.yaml").read_text())
+    body["metadata"]["finalizers"] = ["kopf.zalando.org/KopfFinalizerMarker"]  # what 0.3's timers put there
+    kubectl.apply(yaml.safe_dump(body), "-n", namespace)
+    with OperatorProcess(kubeconfig, tmp_path / "op.log", "--namespace", namespace):
+        kubectl.wait_for(lambda: not kubectl.json("get", "inferenceservice", "iris", "-n", namespace)["metadata"].get(
+            "finalizers"), timeout=60, what="the old finalizer to go")

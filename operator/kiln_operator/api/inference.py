@@ -180,7 +180,7 @@ class DriftStatus(ApiModel):
     worst_features: list[FeatureDrift] = Field(default_factory=list)
     """Features with the largest drift."""
     observed_at: str | None = None
-    """When it was read (RFC 3339)."""
+    """When this verdict was first read (RFC 3339); reading it again and finding the same changes nothing."""
     last_retrain_request: str | None = None
     """When a retraining run was last requested (RFC 3339)."""
 

@@ -1,0 +1,258 @@
+"""Kiln's operator at 1,000s of objects, beside the cheapest kopf operator on the same objects.
+
+    python benchmarks/operator.py [--objects 1000] [--rest-seconds 60]
+
+Runs against the local cluster (`make cluster-up`; the control plane is enough). Each phase gets a
+namespace of its own with a ResourceQuota of 0 pods, so that what is measured is the operator and the
+apiserver, not containers. The objects are created first, then the operator under test is started:
+
+- phase 1: one ModelVersion in stage Production and N InferenceServices following it by stage;
+- phase 2: N Datasets and N ModelVersions.
+
+For each operator it prints: the time from its start until every object is reconciled (Kiln: its
+observedGeneration set and its Deployment or Job owned; the peer: the same with a ConfigMap); the
+apiserver requests per second it causes at rest (the apiserver's own `apiserver_request_total`, less
+what the cluster sends with no operator running, measured in the same run); its CPU and resident memory
+at rest; the kube-apiserver's CPU at rest; and the time to delete the namespace with it running.
+Phase 1 also times a stage change that every service follows: how long until every primary Deployment
+has started the rollout to the new version. The targets of issue 15 are printed with each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("KILN_CACHE", Path.home() / ".cache/kiln"))
+STATE = CACHE / "state"
+KUBECONFIG = STATE / "kubeconfig"
+KUBECTL = sorted(CACHE.glob("k8s-v*/bin/kubectl"))[-1]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    return subprocess.run([str(KUBECTL), "--kubeconfig", str(KUBECONFIG), *args], input=stdin,
+                          capture_output=True, text=True, check=check, timeout=900).stdout
+
+
+def get_json(*args: str) -> dict:
+    return json.loads(kubectl("get", *args, "-o", "json"))
+
+
+def apiserver_requests() -> float:
+    total = 0.0
+    for line in kubectl("get", "--raw", "/metrics").splitlines():
+        if line.startswith("apiserver_request_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")) / 1024
+
+
+def apiserver_pid() -> int:
+    return int((STATE / "pids/kube-apiserver.pid").read_text().strip())
+
+
+def wait_until(what: str, done: Callable[[], bool], timeout: float) -> float:
+    start = time.monotonic()
+    while not done():
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(1.0)
+    return time.monotonic() - start
+
+
+def create_namespace(name: str) -> None:
+    kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=true", "--timeout=600s")
+    kubectl("create", "namespace", name)
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods", "namespace": name},
+             "spec": {"hard": {"pods": "0"}}}
+    kubectl("create", "-f", "-", stdin=json.dumps(quota))
+
+
+def create_many(docs: list[dict]) -> None:
+    for start in range(0, len(docs), 250):
+        kubectl("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs[start:start + 250]}))
+
+
+def model_version(ns: str, name: str, version: int, stage: str) -> dict:
+    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": name, "namespace": ns},
+            "spec": {"modelName": name.rsplit("-", 1)[0], "version": version, "stage": stage,
+                     "artifact": {"uri": f"s3://kiln/bench/{name}/model.skops", "sha256": "0" * 64},
+                     "framework": {"version": "1.6.1"},
+                     "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}}}
+
+
+def inference_service(ns: str, name: str) -> dict:
+    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name, "namespace": ns},
+            "spec": {"model": {"modelName": "bench", "stage": "Production"},
+                     "monitoring": {"drift": {"enabled": False}}}}
+
+
+def dataset(ns: str, name: str) -> dict:
+    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": name, "namespace": ns},
+            "spec": {"source": {"uri": f"s3://kiln/bench/{name}.csv", "format": "csv"}, "target": "y",
+                     "schema": {"columns": [{"name": "x", "type": "number"}, {"name": "y", "type": "number"}]}}}
+
+
+def reconciled(ns: str, plurals: list[str], child_kind: str) -> Callable[[], bool]:
+    """Every object of `plurals` has observedGeneration == generation and owns a `child_kind`."""
+    def check() -> bool:
+        owners = set()
+        for child in get_json(child_kind, "-n", ns)["items"]:
+            owners |= {ref["uid"] for ref in child["metadata"].get("ownerReferences") or []}
+        for plural in plurals:
+            for obj in get_json(plural, "-n", ns)["items"]:
+                if (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"] \
+                        or obj["metadata"]["uid"] not in owners:
+                    return False
+        return True
+    return check
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'serving_image'}"}
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def at_rest(proc: subprocess.Popen, seconds: float, baseline_rate: float) -> dict[str, float]:
+    time.sleep(10)  # let the last writes and their watch events settle
+    api_pid = apiserver_pid()
+    before = (apiserver_requests(), cpu_seconds(proc.pid), cpu_seconds(api_pid), time.monotonic())
+    time.sleep(seconds)
+    after = (apiserver_requests(), cpu_seconds(proc.pid), cpu_seconds(api_pid), time.monotonic())
+    elapsed = after[3] - before[3]
+    # The two reads of /metrics are requests too: one of them falls inside the window.
+    rate = (after[0] - before[0] - 1) / elapsed
+    return {"requests_per_s": max(rate - baseline_rate, 0.0), "operator_cpu": (after[1] - before[1]) / elapsed,
+            "apiserver_cpu": (after[2] - before[2]) / elapsed, "rss_mib": rss_mib(proc.pid)}
+
+
+def baseline(seconds: float) -> float:
+    """Requests per second the cluster sends with no operator running (controllers, scheduler, node)."""
+    first, t0 = apiserver_requests(), time.monotonic()
+    time.sleep(seconds)
+    return (apiserver_requests() - first - 1) / (time.monotonic() - t0)
+
+
+def run_phase(name: str, make_objects: Callable[[str], list[dict]], plurals: list[str], child_kind: str,
+              peer_child: str, args, base: float, stage_change: bool) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    logs = CACHE / "state/logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for who in ("kiln", "kopf-floor"):
+        ns = f"bench-op-{name}-{who}"
+        create_namespace(ns)
+        create_many(make_objects(ns))
+        if who == "kiln":
+            cmd = [sys.executable, "-m", "kiln_operator", "--namespace", ns, "--health",
+                   "http://127.0.0.1:18190/healthz", "--metrics-port", "0", "--log-level", "WARNING"]
+            check = reconciled(ns, plurals, child_kind)
+        else:
+            cmd = [sys.executable, str(ROOT / "benchmarks/cheapest_kopf_operator.py"), "--namespace", ns, *plurals]
+            check = reconciled(ns, plurals, peer_child)
+        proc = start(cmd, logs / f"bench-operator-{name}-{who}.log")
+        try:
+            figures = {"reconciled_s": wait_until(f"{who} to reconcile {name}", check, timeout=900)}
+            figures.update(at_rest(proc, args.rest_seconds, base))
+            if stage_change and who == "kiln":
+                kubectl("patch", "modelversion", "bench-2", "-n", ns, "--type=merge", "-p", '{"spec":{"stage":"Production"}}')
+                figures["stage_change_s"] = wait_until("every service to start rolling out bench-2", lambda: all(
+                    d["spec"]["template"]["metadata"]["labels"].get("kiln.dev/model-version") == "bench-2"
+                    for d in get_json("deployments", "-n", ns)["items"]), timeout=600)
+            kubectl("delete", "namespace", ns, "--wait=false")
+            figures["delete_namespace_s"] = wait_until(f"namespace {ns} to go", lambda: subprocess.run(
+                [str(KUBECTL), "--kubeconfig", str(KUBECONFIG), "get", "namespace", ns],
+                capture_output=True).returncode != 0, timeout=900)
+        finally:
+            stop(proc)
+        results[who] = figures
+        print(f"  {who}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()), flush=True)
+    return results
+
+
+def report(title: str, n: int, results: dict[str, dict[str, float]], objects: int) -> list[bool]:
+    kiln, floor = results["kiln"], results["kopf-floor"]
+    print(f"\n{title}")
+    print(f"| | Kiln | cheapest kopf operator | ratio | target |\n|---|---|---|---|---|")
+    rows = [
+        ("all reconciled after start (s)", "reconciled_s", lambda k, f: k <= 3 * f, "≤ 3× the floor"),
+        ("apiserver requests/s at rest, caused", "requests_per_s",
+         lambda k, f: k <= 0.01 * objects, f"≤ {0.01 * objects:.0f} (0.01 per object)"),
+        ("operator CPU at rest (cores)", "operator_cpu", lambda k, f: k <= 0.05, "≤ 0.05"),
+        ("operator RSS at rest (MiB)", "rss_mib", lambda k, f: k <= 1.5 * f, "≤ 1.5× the floor"),
+        ("kube-apiserver CPU at rest (cores)", "apiserver_cpu", lambda k, f: True, ""),
+        ("delete the namespace (s)", "delete_namespace_s", lambda k, f: k <= f + 5, "≤ the floor (+5 s of polling)"),
+    ]
+    met = []
+    for label, key, ok, target in rows:
+        k, f = kiln[key], floor[key]
+        ratio = f"{k / f:.2f}×" if f else "–"
+        passed = ok(k, f)
+        met.append(passed)
+        print(f"| {label} | {k:.3g} | {f:.3g} | {ratio} | {target} {'met' if passed else 'MISSED' if target else ''} |")
+    if "stage_change_s" in kiln:
+        passed = kiln["stage_change_s"] <= 30
+        met.append(passed)
+        print(f"| stage change → every one of {n} rolling out (s) | {kiln['stage_change_s']:.3g} | | | ≤ 30 {'met' if passed else 'MISSED'} |")
+    return met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--rest-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    n = args.objects
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    print(f"baseline: the cluster's own requests with no operator, over {args.rest_seconds:.0f} s", flush=True)
+    base = baseline(args.rest_seconds)
+    print(f"  {base:.2f} requests/s")
+
+    def services(ns: str) -> list[dict]:
+        return ([model_version(ns, "bench-1", 1, "Production"), model_version(ns, "bench-2", 2, "Staging")]
+                + [inference_service(ns, f"svc-{i}") for i in range(n)])
+
+    def data_and_versions(ns: str) -> list[dict]:
+        return ([dataset(ns, f"data-{i}") for i in range(n)]
+                + [model_version(ns, f"model{i}-1", 1, "Staging") for i in range(n)])
+
+    print(f"phase 1: {n} InferenceServices following one ModelVersion", flush=True)
+    one = run_phase("isvc", services, ["inferenceservices"], "deployments", "configmaps", args, base, True)
+    print(f"phase 2: {n} Datasets and {n} ModelVersions", flush=True)
+    two = run_phase("data", data_and_versions, ["datasets", "modelversions"], "jobs", "configmaps", args, base, False)
+    met = report(f"Phase 1: {n} InferenceServices (baseline {base:.2f} requests/s without an operator)", n, one, n)
+    met += report(f"Phase 2: {n} Datasets + {n} ModelVersions", n, two, 2 * n)
+    print(f"\n{sum(met)}/{len(met)} targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

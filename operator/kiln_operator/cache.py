@@ -1,0 +1,144 @@
+"""The operator's picture of the cluster: every Kiln object and every child, kept current by kopf's watches.
+
+Reconciles read here instead of asking the apiserver, so an object at rest costs nothing. kopf's
+indexing step feeds it (see handlers.py), and kopf starts no handler before every watched kind has been
+listed once, so the first reconciles already see every child. What the operator writes itself is put
+here from the apiserver's answer too (write-through): the next reconcile must not act again on what it
+just did because the watch event has not arrived yet.
+
+Children are kept trimmed to what the plans read (no managedFields, no pod specs), so 1,000 services'
+Deployments, Services, HPAs and PDBs do not cost the operator hundreds of megabytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any, Iterable
+
+from .api.kinds import KINDS
+from .builders.meta import LABEL_KIND, LABEL_OWNER
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+_KIND_BY_LABEL = {k.kind.lower(): k.kind for k in KINDS}
+SERVING_COMPONENT = "kiln-serve"  # serving pods carry the component and instance labels, not the owner's
+
+
+def owner_of(obj: dict[str, Any]) -> Key | None:
+    """The Kiln object a child (or a child's pod) belongs to, from the labels every child carries."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    ns = meta.get("namespace", "")
+    kind = _KIND_BY_LABEL.get(labels.get(LABEL_KIND, ""))
+    if kind and labels.get(LABEL_OWNER):
+        return kind, ns, labels[LABEL_OWNER]
+    if labels.get("app.kubernetes.io/name") == SERVING_COMPONENT and labels.get("app.kubernetes.io/instance"):
+        return "InferenceService", ns, labels["app.kubernetes.io/instance"]
+    return None
+
+
+def trim(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy with what no plan reads left out; nested values are shared, never modified."""
+    out = {k: v for k, v in obj.items() if k != "spec"}
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    spec = obj.get("spec")
+    kind = obj.get("kind")
+    if spec is None or kind == "Pod":
+        return out
+    if kind in ("Deployment", "Job"):
+        template = spec.get("template") or {}
+        out["spec"] = {**{k: v for k, v in spec.items() if k != "template"},
+                       "template": {"metadata": template.get("metadata") or {}}}
+    else:
+        out["spec"] = spec
+    return out
+
+
+def _resource_version(obj: dict[str, Any]) -> int | None:
+    try:
+        return int(obj["metadata"].get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None
+
+
+class Cache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[Key, dict[str, Any]] = {}
+        self._by_namespace: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._children: dict[Key, set[Key]] = defaultdict(set)
+
+    def put(self, obj: dict[str, Any]) -> None:
+        """Stores an object unless the cache already holds a newer version of it."""
+        obj = trim(obj)
+        meta = obj["metadata"]
+        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        owner = owner_of(obj)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is not None:
+                new_rv, old_rv = _resource_version(obj), _resource_version(old)
+                if new_rv is not None and old_rv is not None and new_rv < old_rv:
+                    return  # a write-through answer already put a later version here
+                if old["metadata"].get("uid") != meta.get("uid"):
+                    self._forget(key, old)
+            self._objects[key] = obj
+            self._by_namespace[(key[0], key[1])][key[2]] = obj
+            if owner:
+                self._children[owner].add(key)
+
+    def remove(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        with self._lock:
+            old = self._objects.get(key)
+            if old is not None and old["metadata"].get("uid") == meta.get("uid"):
+                self._forget(key, old)
+
+    def _forget(self, key: Key, old: dict[str, Any]) -> None:
+        self._objects.pop(key, None)
+        self._by_namespace[(key[0], key[1])].pop(key[2], None)
+        owner = owner_of(old)
+        if owner:
+            self._children[owner].discard(key)
+            if not self._children[owner]:
+                del self._children[owner]
+
+    def remove_key(self, key: Key) -> None:
+        """Forgets an object the operator deleted, before the watch says so."""
+        with self._lock:
+            old = self._objects.get(key)
+            if old is not None:
+                self._forget(key, old)
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get((kind, namespace, name))
+
+    def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._by_namespace.get((kind, namespace), {}).values())
+
+    def children(self, owner: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+        """The `kind` children of a Kiln object (by label), owned by this very object (by uid)."""
+        meta = owner["metadata"]
+        uid = meta["uid"]
+        with self._lock:
+            keys = [k for k in self._children.get((owner["kind"], meta["namespace"], meta["name"]), ())
+                    if k[0] == kind]
+            found = [self._objects[k] for k in keys]
+        if kind == "Pod":  # a pod's owner is its ReplicaSet or Job: the labels say whose it is
+            return found
+        return [o for o in found if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])]
+
+    def keys(self, kinds: Iterable[str]) -> list[Key]:
+        wanted = set(kinds)
+        with self._lock:
+            return [k for k in self._objects if k[0] in wanted]
+
+    def count(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        with self._lock:
+            for kind, _, _ in self._objects:
+                counts[kind] += 1
+        return dict(counts)

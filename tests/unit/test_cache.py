@@ -1,0 +1,75 @@
+"""The watch-fed cache and what a change calls for: the owner of a child, the followers of a version."""
+
+from kiln_operator import dependents
+from kiln_operator.cache import Cache
+from kiln_operator.reconcilers import HASH_ANNOTATION, stamped
+
+
+def obj(kind, name, ns="ml", uid=None, rv="1", labels=None, owner_uid=None, spec=None, status=None):
+    meta = {"name": name, "namespace": ns, "uid": uid or f"uid-{name}", "resourceVersion": rv,
+            "labels": labels or {}, "managedFields": [{"manager": "kubectl"}]}
+    if owner_uid:
+        meta["ownerReferences"] = [{"uid": owner_uid}]
+    return {"apiVersion": "v1", "kind": kind, "metadata": meta, "spec": spec or {}, "status": status or {}}
+
+
+def child_labels(kind, owner):
+    return {"kiln.dev/kind": kind, "kiln.dev/owner": owner, "app.kubernetes.io/part-of": "kiln"}
+
+
+def test_children_are_found_by_label_and_kept_only_for_their_live_owner():
+    cache = Cache()
+    isvc = obj("InferenceService", "iris")
+    cache.put(isvc)
+    cache.put(obj("Deployment", "iris-primary", labels=child_labels("inferenceservice", "iris"), owner_uid="uid-iris",
+                  spec={"template": {"metadata": {"labels": {"v": "1"}}, "spec": {"containers": [{}] * 3}}}))
+    # Left by an earlier object of the same name: same labels, another owner uid.
+    cache.put(obj("Deployment", "iris-canary", labels=child_labels("inferenceservice", "iris"), owner_uid="uid-old"))
+    cache.put(obj("Pod", "iris-primary-x", labels={"app.kubernetes.io/name": "kiln-serve",
+                                                   "app.kubernetes.io/instance": "iris"}, spec={"containers": []}))
+    assert [d["metadata"]["name"] for d in cache.children(isvc, "Deployment")] == ["iris-primary"]
+    assert [p["metadata"]["name"] for p in cache.children(isvc, "Pod")] == ["iris-primary-x"]
+    dep = cache.get("Deployment", "ml", "iris-primary")
+    assert "managedFields" not in dep["metadata"] and "spec" not in dep["spec"]["template"]
+    assert dep["spec"]["template"]["metadata"]["labels"] == {"v": "1"}  # what the rollout reads is kept
+    assert "spec" not in cache.get("Pod", "ml", "iris-primary-x")
+
+
+def test_an_older_version_never_replaces_a_newer_one_and_deletion_forgets():
+    cache = Cache()
+    cache.put(obj("InferenceService", "iris", rv="7", status={"x": "new"}))
+    cache.put(obj("InferenceService", "iris", rv="5", status={"x": "old"}))  # a late watch event
+    assert cache.get("InferenceService", "ml", "iris")["status"] == {"x": "new"}
+    cache.remove(obj("InferenceService", "iris", uid="someone-else"))
+    assert cache.get("InferenceService", "ml", "iris") is not None  # another object of that name stays
+    cache.remove(obj("InferenceService", "iris"))
+    assert cache.get("InferenceService", "ml", "iris") is None and cache.list("InferenceService", "ml") == []
+
+
+def test_a_stage_change_wakes_the_services_that_follow_that_model_in_that_namespace_only():
+    cache = Cache()
+    by_stage = obj("InferenceService", "a", spec={"model": {"modelName": "iris", "stage": "Production"}})
+    by_ref = obj("InferenceService", "b", spec={"model": {"versionRef": {"name": "iris-v2"}}})
+    other_model = obj("InferenceService", "c", spec={"model": {"modelName": "wine", "stage": "Production"}})
+    elsewhere = obj("InferenceService", "d", ns="other", spec={"model": {"modelName": "iris", "stage": "Production"}})
+    pipeline = obj("TrainingPipeline", "iris-forest", spec={"modelName": "iris", "datasetRef": {"name": "iris"}})
+    for o in (by_stage, by_ref, other_model, elsewhere, pipeline):
+        cache.put(o)
+    mv = obj("ModelVersion", "iris-v3", spec={"modelName": "iris", "stage": "Production"})
+    assert sorted(dependents.of(mv, cache)) == [("InferenceService", "ml", "a"), ("ModelVersion", "ml", "iris-v3"),
+                                                 ("TrainingPipeline", "ml", "iris-forest")]
+    assert ("InferenceService", "ml", "b") in dependents.of(obj("ModelVersion", "iris-v2", spec={"modelName": "x"}), cache)
+    assert dependents.of(obj("Dataset", "iris"), cache) == [("Dataset", "ml", "iris"), ("TrainingPipeline", "ml", "iris-forest")]
+    job_pod = obj("Pod", "iris-forest-r1-0", labels=child_labels("trainingpipeline", "iris-forest"))
+    assert dependents.of(job_pod, cache) == [("TrainingPipeline", "ml", "iris-forest")]
+    assert dependents.of(obj("Pod", "unrelated"), cache) == []
+
+
+def test_the_applied_hash_moves_with_the_manifest_and_only_with_it():
+    manifest = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "iris", "namespace": "ml"},
+                "spec": {"ports": [{"port": 80}]}}
+    first = stamped(manifest)["metadata"]["annotations"][HASH_ANNOTATION]
+    assert stamped(manifest)["metadata"]["annotations"][HASH_ANNOTATION] == first
+    changed = {**manifest, "spec": {"ports": [{"port": 81}]}}
+    assert stamped(changed)["metadata"]["annotations"][HASH_ANNOTATION] != first
+    assert "annotations" not in manifest["metadata"]  # the plan's manifest is not modified
