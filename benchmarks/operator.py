@@ -11,9 +11,12 @@ apiserver, not containers. The objects are created first, then the operator unde
 
 For each operator it prints: the time from its start until every object is reconciled (Kiln: its
 observedGeneration set and its Deployment or Job owned; the peer: the same with a ConfigMap); the
-apiserver requests per second it causes at rest (the apiserver's own `apiserver_request_total`, less
-what the cluster sends with no operator running, measured in the same run); its CPU and resident memory
-at rest; the kube-apiserver's CPU at rest; and the time to delete the namespace with it running.
+requests per second it sends at rest (each operator talks to the apiserver through its own
+`kubectl proxy -v=6`, whose log has one line per request, watches included); the apiserver's own count
+(`apiserver_request_total`) less what the cluster sends with no operator, which also holds what the
+controllers do for the children (a Deployment's ReplicaSet retrying pods the quota refuses); its CPU and
+resident memory at rest; the kube-apiserver's CPU at rest; and the time to delete the namespace with it
+running.
 Phase 1 also times a stage change that every service follows: how long until every primary Deployment
 has started the rollout to the new version. The targets of issue 15 are printed with each figure.
 """
@@ -126,8 +129,36 @@ def reconciled(ns: str, plurals: list[str], child_kind: str) -> Callable[[], boo
     return check
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "PYTHONUNBUFFERED": "1",
+PROXY_PORT = 18402
+
+
+class CountingProxy:
+    """`kubectl proxy -v=6` in front of the apiserver: one log line per request the operator sends."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.kubeconfig = log.with_suffix(".kubeconfig")
+        self.kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "proxy",
+            "clusters": [{"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{PROXY_PORT}"}}],
+            "users": [{"name": "proxy", "user": {}}],
+            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}]}))
+
+    def __enter__(self) -> "CountingProxy":
+        self.proc = subprocess.Popen([str(KUBECTL), "--kubeconfig", str(KUBECONFIG), "proxy", "--port",
+                                      str(PROXY_PORT), "-v=6"], stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
+        time.sleep(1.5)
+        return self
+
+    def __exit__(self, *_) -> None:
+        stop(self.proc)
+
+    def requests(self) -> int:
+        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if '"Response" verb=' in line)
+
+
+def start(cmd: list[str], log: Path, kubeconfig: Path) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'serving_image'}"}
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
@@ -142,16 +173,18 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def at_rest(proc: subprocess.Popen, seconds: float, baseline_rate: float) -> dict[str, float]:
+def at_rest(proc: subprocess.Popen, proxy: CountingProxy, seconds: float, baseline_rate: float) -> dict[str, float]:
     time.sleep(10)  # let the last writes and their watch events settle
     api_pid = apiserver_pid()
-    before = (apiserver_requests(), cpu_seconds(proc.pid), cpu_seconds(api_pid), time.monotonic())
+    before = (apiserver_requests(), cpu_seconds(proc.pid), cpu_seconds(api_pid), proxy.requests(), time.monotonic())
     time.sleep(seconds)
-    after = (apiserver_requests(), cpu_seconds(proc.pid), cpu_seconds(api_pid), time.monotonic())
-    elapsed = after[3] - before[3]
+    after = (apiserver_requests(), cpu_seconds(proc.pid), cpu_seconds(api_pid), proxy.requests(), time.monotonic())
+    elapsed = after[4] - before[4]
     # The two reads of /metrics are requests too: one of them falls inside the window.
-    rate = (after[0] - before[0] - 1) / elapsed
-    return {"requests_per_s": max(rate - baseline_rate, 0.0), "operator_cpu": (after[1] - before[1]) / elapsed,
+    cluster = (after[0] - before[0] - 1) / elapsed
+    return {"requests_per_s": (after[3] - before[3]) / elapsed,
+            "cluster_requests_per_s": max(cluster - baseline_rate, 0.0),
+            "operator_cpu": (after[1] - before[1]) / elapsed,
             "apiserver_cpu": (after[2] - before[2]) / elapsed, "rss_mib": rss_mib(proc.pid)}
 
 
@@ -178,10 +211,11 @@ def run_phase(name: str, make_objects: Callable[[str], list[dict]], plurals: lis
         else:
             cmd = [sys.executable, str(ROOT / "benchmarks/cheapest_kopf_operator.py"), "--namespace", ns, *plurals]
             check = reconciled(ns, plurals, peer_child)
-        proc = start(cmd, logs / f"bench-operator-{name}-{who}.log")
+        proxy = CountingProxy(logs / f"bench-proxy-{name}-{who}.log").__enter__()
+        proc = start(cmd, logs / f"bench-operator-{name}-{who}.log", proxy.kubeconfig)
         try:
             figures = {"reconciled_s": wait_until(f"{who} to reconcile {name}", check, timeout=900)}
-            figures.update(at_rest(proc, args.rest_seconds, base))
+            figures.update(at_rest(proc, proxy, args.rest_seconds, base))
             if stage_change and who == "kiln":
                 kubectl("patch", "modelversion", "bench-2", "-n", ns, "--type=merge", "-p", '{"spec":{"stage":"Production"}}')
                 figures["stage_change_s"] = wait_until("every service to start rolling out bench-2", lambda: all(
@@ -193,6 +227,7 @@ def run_phase(name: str, make_objects: Callable[[str], list[dict]], plurals: lis
                 capture_output=True).returncode != 0, timeout=900)
         finally:
             stop(proc)
+            proxy.__exit__()
         results[who] = figures
         print(f"  {who}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()), flush=True)
     return results
@@ -204,11 +239,14 @@ def report(title: str, n: int, results: dict[str, dict[str, float]], objects: in
     print(f"| | Kiln | cheapest kopf operator | ratio | target |\n|---|---|---|---|---|")
     rows = [
         ("all reconciled after start (s)", "reconciled_s", lambda k, f: k <= 3 * f, "≤ 3× the floor"),
-        ("apiserver requests/s at rest, caused", "requests_per_s",
-         lambda k, f: k <= 0.01 * objects, f"≤ {0.01 * objects:.0f} (0.01 per object)"),
+        ("requests/s the operator sends at rest", "requests_per_s",
+         lambda k, f: k <= 0.01 * objects, f"≤ {0.01 * objects:.2g} (0.01 per object)"),
+        ("apiserver requests/s at rest above the no-operator baseline (incl. controllers on children)",
+         "cluster_requests_per_s", lambda k, f: True, ""),
         ("operator CPU at rest (cores)", "operator_cpu", lambda k, f: k <= 0.05, "≤ 0.05"),
         ("operator RSS at rest (MiB)", "rss_mib", lambda k, f: k <= 1.5 * f, "≤ 1.5× the floor"),
-        ("kube-apiserver CPU at rest (cores)", "apiserver_cpu", lambda k, f: True, ""),
+        ("kube-apiserver CPU at rest (cores), controllers' work on the children included", "apiserver_cpu",
+         lambda k, f: True, ""),
         ("delete the namespace (s)", "delete_namespace_s", lambda k, f: k <= f + 5, "≤ the floor (+5 s of polling)"),
     ]
     met = []
@@ -216,8 +254,10 @@ def report(title: str, n: int, results: dict[str, dict[str, float]], objects: in
         k, f = kiln[key], floor[key]
         ratio = f"{k / f:.2f}×" if f else "–"
         passed = ok(k, f)
-        met.append(passed)
-        print(f"| {label} | {k:.3g} | {f:.3g} | {ratio} | {target} {'met' if passed else 'MISSED' if target else ''} |")
+        if target:
+            met.append(passed)
+        verdict = ("met" if passed else "MISSED") if target else ""
+        print(f"| {label} | {k:.3g} | {f:.3g} | {ratio} | {target} {verdict} |")
     if "stage_change_s" in kiln:
         passed = kiln["stage_change_s"] <= 30
         met.append(passed)

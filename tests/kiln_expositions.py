@@ -1,4 +1,4 @@
-"""Real kiln-serve and kiln-monitor exposition text, every family present, without running either.
+"""Real kiln-serve, kiln-monitor and operator exposition text, every family present, without running either.
 
 Rendered by the processes' own metrics code (kiln_runtime.serve.metrics, kiln_runtime.monitor.metrics)
 from a synthetic state: a classifier or regressor that answered a request, and a drift report holding
@@ -38,3 +38,20 @@ def monitor(model: str = "m", version: str = "1") -> str:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DriftCollector((model, version), lambda: report, lambda: counters, 1000))
     return generate_latest(registry).decode()
+
+
+_operator_installed = False
+
+
+def operator() -> str:
+    """The operator's families (kiln_operator.metrics), each with one sample."""
+    global _operator_installed
+    from kiln_operator import metrics
+    if not _operator_installed:
+        metrics.install(lambda: 0, lambda: 0, lambda: [("InferenceService", "True", "Serving")])
+        _operator_installed = True
+    metrics.RECONCILES.labels(kind="InferenceService", result="ok").inc()
+    metrics.RECONCILE_SECONDS.labels(kind="InferenceService").observe(0.002)
+    metrics.API_REQUESTS.labels(verb="apply", kind="Deployment").inc()
+    metrics.EVENTS.labels(kind="InferenceService", type="Warning", reason="RolledBack").inc()
+    return metrics.render().decode()

@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     from . import finalizers, handlers, metrics, settings  # noqa: F401  (registers the handlers)
 
     finalizers.release_all(args.namespace)  # what the timers of earlier versions left on objects
+    metrics.install(handlers.CONTROLLER.queue.depth, handlers.CONTROLLER.queue.oldest_wait,
+                    handlers.CONTROLLER.ready_states)
     try:
-        metrics.serve(args.metrics_port, handlers.CONTROLLER.queue.depth, handlers.CONTROLLER.queue.oldest_wait,
-                      handlers.CONTROLLER.ready_states)
+        metrics.serve(args.metrics_port)
     except OSError as exc:  # a taken port must not keep the operator from working
         logging.getLogger(__name__).warning(f"no metrics endpoint on port {args.metrics_port}: {exc}")
 

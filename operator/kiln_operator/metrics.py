@@ -9,21 +9,26 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest, \
+    start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+# Its own registry: the endpoint shows the kiln_operator_* families that docs/metrics.md lists, nothing else.
+REGISTRY = CollectorRegistry(auto_describe=True)
+disable_created_metrics()  # the *_created series double every counter for nothing a dashboard uses
+
 RECONCILES = Counter("kiln_operator_reconciles_total", "Reconciles, by kind and result (ok or error).",
-                     ["kind", "result"])
+                     ["kind", "result"], registry=REGISTRY)
 RECONCILE_SECONDS = Histogram("kiln_operator_reconcile_duration_seconds", "Time of one reconcile, by kind.",
-                              ["kind"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
+                              ["kind"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=REGISTRY)
 API_REQUESTS = Counter("kiln_operator_api_requests_total",
                        "Requests the reconciles sent to the apiserver (kopf's watches not included), "
-                       "by verb and kind.", ["verb", "kind"])
+                       "by verb and kind.", ["verb", "kind"], registry=REGISTRY)
 EVENTS = Counter("kiln_operator_events_total", "Kubernetes Events the operator posted, by kind, type and reason.",
-                 ["kind", "type", "reason"])
-QUEUE_DEPTH = Gauge("kiln_operator_queue_depth", "Objects waiting for a reconcile.")
+                 ["kind", "type", "reason"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("kiln_operator_queue_depth", "Objects waiting for a reconcile.", registry=REGISTRY)
 OLDEST_PENDING = Gauge("kiln_operator_oldest_pending_seconds",
-                       "How long the object that has waited longest for a reconcile has waited.")
+                       "How long the object that has waited longest for a reconcile has waited.", registry=REGISTRY)
 
 
 class ObjectsByReady:
@@ -43,11 +48,18 @@ class ObjectsByReady:
         yield family
 
 
-def serve(port: int, queue_depth: Callable[[], float], oldest: Callable[[], float],
-          objects: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
-    disable_created_metrics()  # the *_created series double every counter for nothing a dashboard uses
+def install(queue_depth: Callable[[], float], oldest: Callable[[], float],
+            objects: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
+    """Connects the gauges read at scrape time to the controller's queue and cache."""
     QUEUE_DEPTH.set_function(queue_depth)
     OLDEST_PENDING.set_function(oldest)
     REGISTRY.register(ObjectsByReady(objects))
+
+
+def serve(port: int) -> None:
     if port:
-        start_http_server(port)
+        start_http_server(port, registry=REGISTRY)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

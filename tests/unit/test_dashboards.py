@@ -32,7 +32,7 @@ def exposed() -> dict[str, tuple[str, set[str]]]:
     types: dict[str, str] = {}
     # A classifier and a regressor differ in one family (predictions by class, or predicted values).
     for text in (kiln_expositions.server(classifier=True), kiln_expositions.server(classifier=False),
-                 kiln_expositions.monitor()):
+                 kiln_expositions.monitor(), kiln_expositions.operator()):
         for line in text.splitlines():
             if line.startswith("# TYPE "):
                 _, _, name, kind = line.split()
@@ -135,8 +135,10 @@ def test_the_serving_dashboard_covers_what_the_issue_asks():
 
 # --- alerts ----------------------------------------------------------------------------------------
 
-def rules() -> list[dict]:
-    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+def rules(operator: bool | None = None) -> list[dict]:
+    """The alerting rules; operator=False: those about models, True: those about the operator."""
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+            if operator is None or (g["name"] == "kiln-operator") == operator]
 
 
 def test_the_alerts_the_issue_asks_for_exist_and_are_complete():
@@ -149,8 +151,15 @@ def test_the_alerts_the_issue_asks_for_exist_and_are_complete():
         assert re.fullmatch(r"\d+[smh]", r["for"]), name
         used = set(METRIC_RE.findall(r["expr"]))
         assert used and used <= known, f"{name}: {used - known} not in docs/metrics.md"
-        # Alerts are per model and version, in a namespace: the labels the summaries name.
-        assert "by (namespace, model, version" in r["expr"], name
+        # Alerts about models are per model and version, in a namespace: the labels the summaries name.
+        if r in rules(operator=False):
+            assert "by (namespace, model, version" in r["expr"], name
+
+
+def test_the_operator_alerts_cover_it_being_down_failing_and_what_it_rolls_back():
+    by_name = {r["alert"]: r for r in rules(operator=True)}
+    assert {"KilnOperatorDown", "KilnOperatorReconcilesFailing", "KilnRolledBack", "KilnTrainingRunFailed"} <= set(by_name)
+    assert all("kiln_operator_" in r["expr"] for r in by_name.values())
 
 
 def rendered(helm: Path, *sets: str) -> list[dict]:
@@ -172,8 +181,13 @@ def test_the_chart_ships_the_rule_file_and_the_dashboards_unchanged(helm):
     maps = {k: json.loads(v) for o in objs if o["kind"] == "ConfigMap" and
             o["metadata"]["labels"].get("grafana_dashboard") == "1" for k, v in o["data"].items()}
     assert maps == {p.name: load(p) for p in DASHBOARDS}
-    (pm,) = [o for o in objs if o["kind"] == "PodMonitor"]
+    (pm,) = [o for o in objs if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("-serving")]
     assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["http", "monitor"]
+    (op,) = [o for o in objs if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("-operator")]
+    assert [e["port"] for e in op["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    deployment = next(o for o in objs if o["kind"] == "Deployment")
+    assert op["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert {"name": "metrics", "containerPort": 8081} in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "kiln-serve"
     assert pm["spec"]["namespaceSelector"] == {"any": True}
 
@@ -185,5 +199,5 @@ def test_monitoring_objects_follow_the_values(helm):
     objs = rendered(helm, "monitoring.dashboards.enabled=false", "monitoring.podMonitor.enabled=true",
                     "watchNamespaces={ml,ml-canary}")
     assert not [o for o in objs if o["kind"] == "ConfigMap"]
-    (pm,) = [o for o in objs if o["kind"] == "PodMonitor"]
+    (pm,) = [o for o in objs if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("-serving")]
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["ml", "ml-canary"]}
