@@ -140,7 +140,8 @@ def start_operator(endpoint: str, log: Path) -> subprocess.Popen:
            "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'serving_image'}"}
     out = log.open("a")
     proc = subprocess.Popen([sys.executable, "-m", "kiln_operator", "--kubeconfig", str(KUBECONFIG),
-                             "--namespace", NAMESPACE, "--health", "http://127.0.0.1:18080/healthz"],
+                             "--namespace", NAMESPACE, "--health", "http://127.0.0.1:18080/healthz",
+                             "--metrics-port", "18081"],
                             stdout=out, stderr=subprocess.STDOUT, env=env)
     say(f"operator started (pid {proc.pid}, log {log})")
     return proc
@@ -270,8 +271,8 @@ def main() -> int:
     KUBECTL = kubectl_binary()
     log = CACHE / "state/logs/operator-demo.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh start: an earlier run's namespace goes first. Its Kiln objects carry kopf's finalizer,
-    # which the operator releases when it starts (kiln_operator.finalizers).
+    # A fresh start: an earlier run's namespace goes first (no finalizer holds it: children go by
+    # ownerReference; one an older operator left is removed when this one starts).
     kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false")
     operator = start_operator(args.s3_endpoint, log)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import hashlib
 import os
 import subprocess
 import sys
@@ -118,7 +119,9 @@ def crds(kubectl: Kubectl) -> None:
 @pytest.fixture()
 def namespace(kubectl: Kubectl, request) -> str:
     """A fresh namespace per test, deleted afterwards (without waiting)."""
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid() % 10000}"
+    # The hash tells apart parametrized cases whose names differ only past the cut.
+    digest = hashlib.sha256(request.node.name.encode()).hexdigest()[:4]
+    name = "t-" + request.node.name.lower().replace("_", "-")[:36].strip("-") + f"-{digest}-{os.getpid() % 10000}"
     kubectl.run("create", "namespace", name)
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)

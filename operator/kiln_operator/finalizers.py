@@ -3,7 +3,7 @@
 Kiln keeps no state outside the cluster: children go by their ownerReferences, so no Kiln object needs
 a finalizer, and a namespace is deleted whether or not an operator runs. Versions before 0.4 ran a kopf
 timer per object, and kopf puts its finalizer on every object with a timer; once at start, the operator
-takes it off every object still carrying it (the upgrade path, see docs/upgrade.md).
+takes it off every object still carrying it (docs/architecture.md, the operator's core).
 """
 
 from __future__ import annotations

@@ -93,7 +93,10 @@ def rollout_failure(deployment: dict[str, Any] | None, pods: list[dict[str, Any]
             waiting = (cs.get("state") or {}).get("waiting") or {}
             last = (cs.get("lastState") or {}).get("terminated") or {}
             if waiting.get("reason") in FATAL_WAITING or (last.get("exitCode") and cs.get("restartCount", 0) >= 1):
-                why = (last.get("message") or waiting.get("message") or waiting.get("reason") or "").strip()
+                # CrashLoopBackOff's own message only names the growing back-off delay: a condition
+                # quoting it would change (and be written) at every restart.
+                detail = waiting.get("reason") if waiting.get("reason") == "CrashLoopBackOff" else waiting.get("message")
+                why = (last.get("message") or detail or waiting.get("reason") or "").strip()
                 return f"container {cs['name']} keeps failing: {why or 'exit code ' + str(last.get('exitCode'))}"
     return None
 

@@ -34,3 +34,6 @@ def configure(level: str = "INFO", json_format: bool = True) -> None:
     root.setLevel(level)
     # aiohttp's access chatter says nothing an operator's user needs.
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    # kopf logs every watch event's handler as "succeeded": with thousands of children that is a line
+    # per pod status change. The reconciles log what they decide under kiln_operator.*.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))

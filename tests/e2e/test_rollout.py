@@ -172,6 +172,17 @@ def served_requests(kubectl, ns) -> Counter:
     return counts
 
 
+def wait_ready_endpoints(kubectl, ns, count: int, timeout: float = 60) -> None:
+    def ready() -> int:
+        slices = kubectl.json("get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=m")["items"]
+        return sum(1 for s in slices for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready"))
+    deadline = time.monotonic() + timeout
+    while ready() != count:
+        assert time.monotonic() < deadline, f"the Service has {ready()} ready endpoints, not {count}"
+        time.sleep(0.5)
+    time.sleep(2)  # kube-proxy's rules follow the EndpointSlice within its sync period
+
+
 def test_a_20_percent_canary_gets_about_a_fifth_of_the_requests(kubectl, ns, service, model):
     _, files = model
     kubectl.run("patch", "inferenceservice", "m", "-n", ns, "--type=merge",
@@ -179,6 +190,9 @@ def test_a_20_percent_canary_gets_about_a_fifth_of_the_requests(kubectl, ns, ser
     status = wait_status(kubectl, ns, lambda s: s.get("canaryVersion") == "m-v2" and s.get("readyReplicas") == 5,
                          "4 primary and 1 canary replicas ready", timeout=240)
     assert {t["version"]: t["percent"] for t in status["traffic"]} == {"m-v1": 80, "m-v2": 20}
+    # Ready pods are in the status at once; the Service's endpoints and kube-proxy's rules follow a
+    # moment later. Measure the split only once all five pods receive requests.
+    wait_ready_endpoints(kubectl, ns, 5)
     before = served_requests(kubectl, ns)
     answered = Counter(infer(service, files.X[i % len(files.X)]) for i in range(1000))
     after = served_requests(kubectl, ns)

@@ -399,12 +399,13 @@ def read_all(sock) -> list[bytes]:
 
 def test_sigterm_drains_in_flight_requests_then_exits(models, tmp_path):
     files = models["rf"]
-    # The scikit-learn forest on 30,000 rows in one request keeps the server busy for a while; the
-    # requests that arrive meanwhile, and SIGTERM, find it busy.
-    server = Server({**files.env(onnx=False), "KILN_MAX_PAYLOAD_BYTES": str(64 << 20)},
+    # The scikit-learn forest on 100,000 rows in one request keeps the server busy for a while (30,000
+    # were answered within the 150 ms below on a quiet machine); the requests that arrive meanwhile,
+    # and SIGTERM, find it busy.
+    server = Server({**files.env(onnx=False), "KILN_MAX_PAYLOAD_BYTES": str(128 << 20)},
                     tmp_path / "drain.log").wait_ready()
     rows = files.X.tolist()
-    big = (rows * 60)[:30000]
+    big = (rows * 200)[:100000]
     busy = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     late = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(4)]
     idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
@@ -424,7 +425,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(models, tmp_path):
     assert read_all(idle) == []  # an idle connection is closed without an answer
     assert server.wait_exit(30) == 0
     assert len(busy_answers) == 1 and busy_answers[0].startswith(b"200 OK")
-    assert json.loads(busy_answers[0].split(b"\r\n\r\n", 1)[1])["predictions"] == (files.labels.tolist() * 60)[:30000]
+    assert json.loads(busy_answers[0].split(b"\r\n\r\n", 1)[1])["predictions"] == (files.labels.tolist() * 200)[:100000]
     got = []
     for answers in late_answers:  # answered, then the connection closed by the server
         assert [a[:3] for a in answers] == [b"200"] * 2
