@@ -54,6 +54,27 @@ def trim(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Children whose status no plan reads: an HPA's status moves at every autoscaler sync (every few
+# seconds, for each of them), which must not wake its InferenceService up.
+STATUS_UNREAD = {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "HTTPRoute"}
+
+
+def significant(obj: dict[str, Any]) -> Any:
+    """What of an object can change a plan: two versions that agree here need no reconcile."""
+    meta = obj.get("metadata") or {}
+    ident = (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"), meta.get("labels"),
+             meta.get("annotations"), meta.get("ownerReferences"))
+    if obj.get("kind") in STATUS_UNREAD:
+        return ident
+    status = dict(obj.get("status") or {})
+    if "conditions" in status:
+        # Plans read a condition's type, status and reason. A controller re-stamping its times, or
+        # retrying with a message that names a new pod each time (a ReplicaSet refused by a quota),
+        # changes nothing they decide.
+        status["conditions"] = [(c.get("type"), c.get("status"), c.get("reason")) for c in status["conditions"] or []]
+    return ident, obj.get("spec") if obj.get("kind") != "Pod" else None, status
+
+
 def _resource_version(obj: dict[str, Any]) -> int | None:
     try:
         return int(obj["metadata"].get("resourceVersion"))
@@ -67,9 +88,11 @@ class Cache:
         self._objects: dict[Key, dict[str, Any]] = {}
         self._by_namespace: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
         self._children: dict[Key, set[Key]] = defaultdict(set)
+        self._moved: set[Key] = set()  # keys whose last put changed something significant
 
     def put(self, obj: dict[str, Any]) -> None:
-        """Stores an object unless the cache already holds a newer version of it."""
+        """Stores an object unless the cache already holds a newer version of it, and notes whether it
+        changed in a way a plan can see (`moved`)."""
         obj = trim(obj)
         meta = obj["metadata"]
         key = (obj["kind"], meta.get("namespace", ""), meta["name"])
@@ -82,10 +105,22 @@ class Cache:
                     return  # a write-through answer already put a later version here
                 if old["metadata"].get("uid") != meta.get("uid"):
                     self._forget(key, old)
+            if old is None or significant(old) != significant(obj):
+                self._moved.add(key)
             self._objects[key] = obj
             self._by_namespace[(key[0], key[1])][key[2]] = obj
             if owner:
                 self._children[owner].add(key)
+
+    def moved(self, obj: dict[str, Any]) -> bool:
+        """Whether the object's last put changed something significant (asked once per watch event)."""
+        meta = obj["metadata"]
+        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        with self._lock:
+            if key in self._moved:
+                self._moved.discard(key)
+                return True
+            return False
 
     def remove(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

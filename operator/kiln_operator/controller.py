@@ -27,7 +27,7 @@ KILN_KINDS = ("Dataset", "TrainingPipeline", "ModelVersion", "InferenceService")
 
 class Controller:
     def __init__(self, cache: Cache, reconcilers: dict[str, Callable[[dict[str, Any]], float | None]],
-                 workers: int = 4, resync_seconds: float = 600.0) -> None:
+                 workers: int = 12, resync_seconds: float = 600.0) -> None:
         self.cache, self.reconcilers = cache, reconcilers
         self.queue = WorkQueue()
         self.workers, self.resync_seconds = workers, resync_seconds
@@ -98,5 +98,5 @@ class Controller:
 
 
 def from_env(cache: Cache, reconcilers) -> Controller:
-    return Controller(cache, reconcilers, workers=int(os.environ.get("KILN_WORKERS", "4")),
+    return Controller(cache, reconcilers, workers=int(os.environ.get("KILN_WORKERS", "12")),
                       resync_seconds=float(os.environ.get("KILN_RESYNC_SECONDS", "600")))

@@ -44,6 +44,8 @@ def _watch(group: str, version: str, plural: str, labels: dict[str, str] | None)
         raw = dict(body)
         if event.get("type") == "DELETED":
             CACHE.remove(raw)
+        elif not CACHE.moved(raw) and event.get("type") is not None:
+            return  # e.g. an HPA's status at each autoscaler sync: nothing any plan reads
         for key in dependents.of(raw, CACHE):
             CONTROLLER.queue.add(key)
 

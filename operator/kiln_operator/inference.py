@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .builders import serving
-from .builders.meta import LABEL_VERSION
+from .builders.meta import LABEL_ROLE, LABEL_VERSION
 from .builders.serving import ROUTE_API_VERSION
 from .config import OperatorConfig
 from .plan import Plan
@@ -42,6 +42,10 @@ class Observed:
     # the route is no longer wanted.
     route: dict[str, Any] | None = None
     role_services: set[str] = field(default_factory=set)
+    # Whether `pods` is every pod of the service (the operator's watch), so that ready replicas are
+    # counted from the pods themselves: a killed pod shows at once, not when the controller-manager,
+    # busy with other Deployments, next updates the Deployment's status.
+    pods_complete: bool = False
 
 
 class Unresolved(Exception):
@@ -226,10 +230,20 @@ def _route(out: Plan, isvc: dict[str, Any], observed: Observed, weights: dict[st
         out.delete.append(("v1", "Service", serving.role_service_name(isvc, role)))
 
 
+def _serving_ready(pod: dict[str, Any], role: str) -> bool:
+    meta = pod["metadata"]
+    return (meta.get("labels", {}).get(LABEL_ROLE) == role and not meta.get("deletionTimestamp")
+            and any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (pod.get("status") or {}).get("conditions") or []))
+
+
 def _observed_status(isvc: dict[str, Any], observed: Observed, serving_name: str | None,
                      canary: dict[str, Any] | None, weights: dict[str, int] | None) -> dict[str, Any]:
-    ready = {role: (observed.deployments.get(role) or {}).get("status", {}).get("readyReplicas", 0) or 0
-             for role in ROLES}
+    if observed.pods_complete:
+        ready = {role: sum(1 for p in observed.pods if _serving_ready(p, role)) for role in ROLES}
+    else:
+        ready = {role: (observed.deployments.get(role) or {}).get("status", {}).get("readyReplicas", 0) or 0
+                 for role in ROLES}
     replicas = {role: (observed.deployments.get(role) or {}).get("status", {}).get("replicas", 0) or 0
                 for role in ROLES}
     total_ready = sum(ready.values())

@@ -139,6 +139,7 @@ def observe_inference(isvc: dict[str, Any]) -> inference.Observed:
         route_api=route_api,
         route=route if _owned(route, isvc) else None,
         role_services=role_services,
+        pods_complete=True,
     )
 
 

@@ -73,3 +73,23 @@ def test_the_applied_hash_moves_with_the_manifest_and_only_with_it():
     changed = {**manifest, "spec": {"ports": [{"port": 81}]}}
     assert stamped(changed)["metadata"]["annotations"][HASH_ANNOTATION] != first
     assert "annotations" not in manifest["metadata"]  # the plan's manifest is not modified
+
+
+def test_only_changes_a_plan_can_see_wake_the_owner():
+    cache = Cache()
+    hpa = obj("HorizontalPodAutoscaler", "iris-primary", labels=child_labels("inferenceservice", "iris"),
+              spec={"minReplicas": 1}, status={"currentReplicas": 1})
+    cache.put(hpa)
+    assert cache.moved(hpa) and not cache.moved(hpa)  # new: seen once
+    cache.put({**hpa, "status": {"currentReplicas": 1, "lastScaleTime": "now"}})
+    assert not cache.moved(hpa)  # the autoscaler's own bookkeeping
+    cache.put({**hpa, "metadata": {**hpa["metadata"], "generation": 2}, "spec": {"minReplicas": 4}})
+    assert cache.moved(hpa)
+    dep = obj("Deployment", "iris-primary", labels=child_labels("inferenceservice", "iris"),
+              status={"readyReplicas": 1, "conditions": [{"type": "Available", "lastUpdateTime": "t1"}]})
+    cache.put(dep)
+    cache.moved(dep)
+    cache.put({**dep, "status": {"readyReplicas": 1, "conditions": [{"type": "Available", "lastUpdateTime": "t2"}]}})
+    assert not cache.moved(dep)
+    cache.put({**dep, "status": {"readyReplicas": 0, "conditions": [{"type": "Available", "lastUpdateTime": "t3"}]}})
+    assert cache.moved(dep)

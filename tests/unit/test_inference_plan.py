@@ -127,3 +127,22 @@ def test_few_answers_or_a_rate_within_the_bound_do_not_roll_back():
         result = _rolling_to_v3(answers)
         assert "rolledBackVersion" not in result.status, answers
         assert conditions(result)["Progressing"][:2] == ("True", "RollingOut")
+
+
+def serving_pod(version, role="primary", ready=True, deleting=False):
+    meta = {"name": f"{version}-{role}-x", "labels": {"kiln.dev/model-version": version, "kiln.dev/role": role}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def test_a_killed_pod_shows_before_the_deployment_status_catches_up():
+    first = plan(isvc(), Observed([mv(1, "Production")], {}, []), CFG)
+    dep = deployment_for(first)  # the Deployment still says 1 ready replica
+    serving = isvc({"modelVersion": "iris-v1"})
+    up = plan(serving, Observed([mv(1, "Production")], {"primary": dep}, [serving_pod("iris-v1")], pods_complete=True), CFG)
+    assert conditions(up)["Ready"][:2] == ("True", "Serving")
+    for gone in ([], [serving_pod("iris-v1", deleting=True)], [serving_pod("iris-v1", ready=False)]):
+        down = plan(serving, Observed([mv(1, "Production")], {"primary": dep}, gone, pods_complete=True), CFG)
+        assert conditions(down)["Ready"][:2] == ("False", "NoReadyReplicas"), gone
+        assert down.status["readyReplicas"] == 0
