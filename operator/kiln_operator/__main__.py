@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     from . import finalizers, handlers, metrics, settings  # noqa: F401  (registers the handlers)
 
     finalizers.release_all(args.namespace)  # what the timers of earlier versions left on objects
+    if args.namespace:
+        handlers.follow_namespaces(args.namespace)
     metrics.install(handlers.CONTROLLER.queue.depth, handlers.CONTROLLER.queue.oldest_wait,
                     handlers.CONTROLLER.ready_states)
     try:

@@ -139,6 +139,18 @@ class Cache:
             if not self._children[owner]:
                 del self._children[owner]
 
+    def purge_namespace(self, namespace: str, created_before: str) -> int:
+        """Forgets the objects of a namespace's earlier life: those created before `created_before`
+        (RFC 3339). kopf stops watching a namespace as soon as it is deleted, so its objects never get
+        their DELETED events, and a namespace re-created under the same name would otherwise inherit
+        them (a registry entry that no longer exists, a ModelVersion to serve that is gone)."""
+        with self._lock:
+            stale = [(key, obj) for key, obj in self._objects.items() if key[1] == namespace
+                     and (obj["metadata"].get("creationTimestamp") or "") < created_before]
+            for key, obj in stale:
+                self._forget(key, obj)
+        return len(stale)
+
     def remove_key(self, key: Key) -> None:
         """Forgets an object the operator deleted, before the watch says so."""
         with self._lock:

@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from . import controller, dependents
+from . import controller, dependents, k8s
 from .api import GROUP, VERSION
 from .api.kinds import KINDS
 from .builders.meta import PART_OF
@@ -62,3 +62,15 @@ def start_workers(**_: Any) -> None:
 @kopf.on.cleanup()
 def stop_workers(**_: Any) -> None:
     CONTROLLER.stop()
+
+
+def follow_namespaces(names: list[str]) -> None:
+    """Serving a list of namespaces: forget a namespace's objects when it is deleted or created anew
+    (kopf stops watching a namespace as soon as its deletion begins, so their DELETED events never come)."""
+    def changed(event_type: str, name: str, created: str | None, deleted: str | None) -> None:
+        if event_type == "DELETED" and deleted:
+            CACHE.purge_namespace(name, created_before=deleted)
+        elif event_type == "ADDED" and created:
+            CACHE.purge_namespace(name, created_before=created)
+
+    k8s.watch_namespaces(names, changed)

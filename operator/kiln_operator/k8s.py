@@ -202,3 +202,30 @@ def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> No
     }
     _count("create", "Event")
     _resource("v1", "Event").create(body=event, namespace=meta["namespace"])
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
+
+
+def watch_namespaces(names: list[str], on_event) -> threading.Thread:
+    """Follows the named namespaces themselves (deletion, re-creation) in a thread, calling
+    `on_event(type, name, created, deleted)` with RFC 3339 times. For an operator serving a list of
+    namespaces, whose watches kopf stops as soon as a namespace is being deleted."""
+    from kubernetes import watch
+
+    def loop() -> None:
+        core = client.CoreV1Api(dynamic().client)
+        while True:
+            try:
+                for event in watch.Watch().stream(core.list_namespace, timeout_seconds=3600):
+                    meta = event["object"].metadata
+                    if meta.name in names:
+                        on_event(event["type"], meta.name, _rfc3339(meta.creation_timestamp),
+                                 _rfc3339(meta.deletion_timestamp))
+            except Exception:  # a dropped watch: start again after a breath
+                time.sleep(5)
+
+    thread = threading.Thread(target=loop, name="watch-namespaces", daemon=True)
+    thread.start()
+    return thread

@@ -93,3 +93,19 @@ def test_only_changes_a_plan_can_see_wake_the_owner():
     assert not cache.moved(dep)
     cache.put({**dep, "status": {"readyReplicas": 0, "conditions": [{"type": "Available", "lastUpdateTime": "t3"}]}})
     assert cache.moved(dep)
+
+
+def test_a_recreated_namespace_does_not_inherit_its_earlier_objects():
+    cache = Cache()
+    old = obj("ModelVersion", "iris-v1")
+    old["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z"
+    new = obj("ModelVersion", "iris-v2")
+    new["metadata"]["creationTimestamp"] = "2026-12-01T10:05:00Z"
+    elsewhere = obj("ModelVersion", "iris-v1", ns="other")
+    elsewhere["metadata"]["creationTimestamp"] = "2026-12-01T09:00:00Z"
+    for o in (old, new, elsewhere):
+        cache.put(o)
+    # The namespace's deletion began at 10:02: what was created before belongs to its earlier life.
+    assert cache.purge_namespace("ml", "2026-12-01T10:02:00Z") == 1
+    assert [m["metadata"]["name"] for m in cache.list("ModelVersion", "ml")] == ["iris-v2"]
+    assert cache.get("ModelVersion", "other", "iris-v1") is not None
