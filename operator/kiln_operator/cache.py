@@ -89,6 +89,8 @@ class Cache:
         self._by_namespace: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
         self._children: dict[Key, set[Key]] = defaultdict(set)
         self._moved: set[Key] = set()  # keys whose last put changed something significant
+        # Namespaces being deleted, and since when: what was created before is going and is not kept.
+        self._terminating: dict[str, str] = {}
 
     def put(self, obj: dict[str, Any]) -> None:
         """Stores an object unless the cache already holds a newer version of it, and notes whether it
@@ -98,6 +100,9 @@ class Cache:
         key = (obj["kind"], meta.get("namespace", ""), meta["name"])
         owner = owner_of(obj)
         with self._lock:
+            deleting_since = self._terminating.get(key[1])
+            if deleting_since and (meta.get("creationTimestamp") or "") < deleting_since:
+                return
             old = self._objects.get(key)
             if old is not None:
                 new_rv, old_rv = _resource_version(obj), _resource_version(old)
@@ -138,6 +143,17 @@ class Cache:
             self._children[owner].discard(key)
             if not self._children[owner]:
                 del self._children[owner]
+
+    def namespace_deleting(self, namespace: str, since: str) -> None:
+        """A namespace's deletion began at `since`: everything in it goes, and is not reconciled."""
+        with self._lock:
+            self._terminating[namespace] = since
+        self.purge_namespace(namespace, created_before=since)
+
+    def namespace_created(self, namespace: str, created: str) -> None:
+        with self._lock:
+            self._terminating.pop(namespace, None)
+        self.purge_namespace(namespace, created_before=created)
 
     def purge_namespace(self, namespace: str, created_before: str) -> int:
         """Forgets the objects of a namespace's earlier life: those created before `created_before`

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import metrics
+from . import k8s, metrics
 from .cache import Cache, Key
 from .conditions import get_condition
 from .workqueue import WorkQueue
@@ -74,6 +74,9 @@ class Controller:
         try:
             wake = self.reconcilers[kind](body)
         except Exception as exc:
+            if k8s.namespace_terminating(exc):
+                log.debug(f"{kind} {namespace}/{name}: its namespace is being deleted")
+                return  # its DELETED event follows; nothing to retry
             failures = self._failures.get(key, 0)
             self._failures[key] = failures + 1
             delay = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]

@@ -25,6 +25,7 @@ CONTROLLER = controller.from_env(CACHE, RECONCILERS)
 
 # Children (and the pods of Jobs and Deployments) carry this label; kopf filters on it.
 CHILD_LABELS = {"app.kubernetes.io/part-of": PART_OF}
+CHILD_GONE_DELAY_SECONDS = 2.0
 CHILDREN = (("batch", "v1", "jobs"), ("apps", "v1", "deployments"), ("", "v1", "pods"), ("", "v1", "services"),
             ("autoscaling", "v2", "horizontalpodautoscalers"), ("policy", "v1", "poddisruptionbudgets"),
             ("gateway.networking.k8s.io", "v1", "httproutes"))
@@ -44,6 +45,12 @@ def _watch(group: str, version: str, plural: str, labels: dict[str, str] | None)
         raw = dict(body)
         if event.get("type") == "DELETED":
             CACHE.remove(raw)
+            if raw.get("kind") not in dependents.KILN_KINDS:
+                # A child deleted: its owner may be going too (a namespace's deletion removes both,
+                # in any order). Look a moment later, when the owner's own event has come.
+                for key in dependents.of(raw, CACHE):
+                    CONTROLLER.queue.add_after(key, CHILD_GONE_DELAY_SECONDS)
+                return
         elif not CACHE.moved(raw) and event.get("type") is not None:
             return  # e.g. an HPA's status at each autoscaler sync: nothing any plan reads
         for key in dependents.of(raw, CACHE):
@@ -68,9 +75,9 @@ def follow_namespaces(names: list[str]) -> None:
     """Serving a list of namespaces: forget a namespace's objects when it is deleted or created anew
     (kopf stops watching a namespace as soon as its deletion begins, so their DELETED events never come)."""
     def changed(event_type: str, name: str, created: str | None, deleted: str | None) -> None:
-        if event_type == "DELETED" and deleted:
-            CACHE.purge_namespace(name, created_before=deleted)
-        elif event_type == "ADDED" and created:
-            CACHE.purge_namespace(name, created_before=created)
+        if deleted:
+            CACHE.namespace_deleting(name, since=deleted)
+        elif created:
+            CACHE.namespace_created(name, created)
 
     k8s.watch_namespaces(names, changed)

@@ -35,6 +35,11 @@ class Conflict(Exception):
     """The name is taken (409): how version numbers stay unique."""
 
 
+def namespace_terminating(exc: Exception) -> bool:
+    """Whether a write was refused because its namespace is being deleted."""
+    return getattr(exc, "status", None) == 403 and "being terminated" in str(getattr(exc, "body", "") or exc)
+
+
 def _count(verb: str, kind: str) -> None:
     metrics.API_REQUESTS.labels(verb=verb, kind=kind).inc()
 

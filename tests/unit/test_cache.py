@@ -109,3 +109,12 @@ def test_a_recreated_namespace_does_not_inherit_its_earlier_objects():
     assert cache.purge_namespace("ml", "2026-12-01T10:02:00Z") == 1
     assert [m["metadata"]["name"] for m in cache.list("ModelVersion", "ml")] == ["iris-v2"]
     assert cache.get("ModelVersion", "other", "iris-v1") is not None
+    # While a namespace is being deleted nothing of it is kept or reconciled; created anew, it is served.
+    cache.namespace_deleting("ml", since="2026-12-01T10:06:00Z")
+    cache.put(new)  # a late event of an object that is going
+    assert cache.list("ModelVersion", "ml") == []
+    again = obj("ModelVersion", "iris-v1", uid="uid-new")
+    again["metadata"]["creationTimestamp"] = "2026-12-01T10:08:00Z"
+    cache.put(again)  # created anew before the operator saw the namespace come back: kept
+    cache.namespace_created("ml", "2026-12-01T10:07:00Z")
+    assert [m["metadata"]["uid"] for m in cache.list("ModelVersion", "ml")] == ["uid-new"]
