@@ -109,6 +109,17 @@ def _api_requests(op: OperatorProcess) -> dict[str, float]:
                 if line.startswith("kiln_operator_api_requests_total{")}
 
 
+def _apply_examples(kubectl, namespace, copies):
+    """Every example, `copies` times (names suffixed -0, -1, ...)."""
+    docs = []
+    for i in range(copies):
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            body = yaml.safe_load(path.read_text())
+            body["metadata"]["name"] = f"{body['metadata']['name']}-{i}"
+            docs.append(body)
+    kubectl.apply(yaml.safe_dump_all(docs), "-n", namespace)
+
+
 def _all_ready(kubectl, namespace, copies):
     return all(_ready(kubectl, namespace, kind, f"{name}-{i}") for i in range(copies)
                for kind, name in (("dataset", "iris"), ("trainingpipeline", "iris-forest"),
@@ -117,13 +128,7 @@ def _all_ready(kubectl, namespace, copies):
 
 @pytest.mark.parametrize("kill_after", [0.5, 2.5, 6.0])
 def test_restarting_the_operator_mid_work_leaves_no_duplicates(kubectl, kubeconfig, crds, namespace, tmp_path, kill_after):
-    docs = []
-    for i in range(8):
-        for path in sorted(EXAMPLES.glob("*.yaml")):
-            body = yaml.safe_load(path.read_text())
-            body["metadata"]["name"] = f"{body['metadata']['name']}-{i}"
-            docs.append(body)
-    kubectl.apply(yaml.safe_dump_all(docs), "-n", namespace)
+    _apply_examples(kubectl, namespace, copies=8)
     with OperatorProcess(kubeconfig, tmp_path / "op1.log", "--namespace", namespace) as first:
         time.sleep(kill_after)  # before, in the middle of, or after the first reconciles of the 32 objects
         first.proc.send_signal(signal.SIGKILL)
@@ -153,13 +158,7 @@ def test_at_rest_the_operator_sends_nothing(kubectl, kubeconfig, crds, namespace
     # operator sends then is what it costs at rest (a timer per object used to send 2.5 requests/s each).
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
     kubectl.apply(json.dumps(quota), "-n", namespace)
-    docs = []
-    for i in range(4):
-        for path in sorted(EXAMPLES.glob("*.yaml")):
-            body = yaml.safe_load(path.read_text())
-            body["metadata"]["name"] = f"{body['metadata']['name']}-{i}"
-            docs.append(body)
-    kubectl.apply(yaml.safe_dump_all(docs), "-n", namespace)
+    _apply_examples(kubectl, namespace, copies=4)
     with OperatorProcess(kubeconfig, tmp_path / "op.log", "--namespace", namespace) as op:
         kubectl.wait_for(lambda: _all_ready(kubectl, namespace, 4), timeout=120, what="every object reconciled")
         time.sleep(5)
