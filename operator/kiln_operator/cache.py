@@ -20,6 +20,7 @@ from .api.kinds import KINDS
 from .builders.meta import LABEL_KIND, LABEL_OWNER
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
+KILN_KINDS = tuple(k.kind for k in KINDS)
 _KIND_BY_LABEL = {k.kind.lower(): k.kind for k in KINDS}
 SERVING_COMPONENT = "kiln-serve"  # serving pods carry the component and instance labels, not the owner's
 
@@ -75,6 +76,11 @@ def significant(obj: dict[str, Any]) -> Any:
     return ident, obj.get("spec") if obj.get("kind") != "Pod" else None, status
 
 
+def key_of(obj: dict[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return obj["kind"], meta.get("namespace", ""), meta["name"]
+
+
 def _resource_version(obj: dict[str, Any]) -> int | None:
     try:
         return int(obj["metadata"].get("resourceVersion"))
@@ -97,7 +103,7 @@ class Cache:
         changed in a way a plan can see (`moved`)."""
         obj = trim(obj)
         meta = obj["metadata"]
-        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        key = key_of(obj)
         owner = owner_of(obj)
         with self._lock:
             deleting_since = self._terminating.get(key[1])
@@ -119,8 +125,7 @@ class Cache:
 
     def moved(self, obj: dict[str, Any]) -> bool:
         """Whether the object's last put changed something significant (asked once per watch event)."""
-        meta = obj["metadata"]
-        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        key = key_of(obj)
         with self._lock:
             if key in self._moved:
                 self._moved.discard(key)
@@ -128,11 +133,10 @@ class Cache:
             return False
 
     def remove(self, obj: dict[str, Any]) -> None:
-        meta = obj["metadata"]
-        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        key = key_of(obj)
         with self._lock:
             old = self._objects.get(key)
-            if old is not None and old["metadata"].get("uid") == meta.get("uid"):
+            if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid"):
                 self._forget(key, old)
 
     def _forget(self, key: Key, old: dict[str, Any]) -> None:
@@ -198,10 +202,3 @@ class Cache:
         wanted = set(kinds)
         with self._lock:
             return [k for k in self._objects if k[0] in wanted]
-
-    def count(self) -> dict[str, int]:
-        counts: dict[str, int] = defaultdict(int)
-        with self._lock:
-            for kind, _, _ in self._objects:
-                counts[kind] += 1
-        return dict(counts)

@@ -15,14 +15,13 @@ import time
 from typing import Any, Callable
 
 from . import k8s, metrics
-from .cache import Cache, Key
+from .cache import KILN_KINDS, Cache, Key
 from .conditions import get_condition
 from .workqueue import WorkQueue
 
 log = logging.getLogger("kiln_operator.controller")
 # Retries after an unexpected error: quick at first, then no more often than once a minute.
 BACKOFF_SECONDS = (1, 2, 5, 10, 30, 60)
-KILN_KINDS = ("Dataset", "TrainingPipeline", "ModelVersion", "InferenceService")
 
 
 class Controller:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cache import Cache, Key, owner_of
-
-KILN_KINDS = ("Dataset", "TrainingPipeline", "ModelVersion", "InferenceService")
+from .cache import KILN_KINDS, Cache, Key, owner_of
 
 
 def _selectors(isvc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from . import controller, dependents, k8s
 from .api import GROUP, VERSION
 from .api.kinds import KINDS
 from .builders.meta import PART_OF
+from .cache import KILN_KINDS
 from .reconcilers import CACHE, RECONCILERS
 
 CONTROLLER = controller.from_env(CACHE, RECONCILERS)
@@ -45,7 +46,7 @@ def _watch(group: str, version: str, plural: str, labels: dict[str, str] | None)
         raw = dict(body)
         if event.get("type") == "DELETED":
             CACHE.remove(raw)
-            if raw.get("kind") not in dependents.KILN_KINDS:
+            if raw.get("kind") not in KILN_KINDS:
                 # A child deleted: its owner may be going too (a namespace's deletion removes both,
                 # in any order). Look a moment later, when the owner's own event has come.
                 for key in dependents.of(raw, CACHE):

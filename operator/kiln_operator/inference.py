@@ -68,7 +68,8 @@ def resolve(selector: dict[str, Any], model_name: str | None, mvs: list[dict[str
     return max(staged, key=lambda m: m["spec"]["version"])
 
 
-def _version_of(deployment: dict[str, Any] | None) -> str | None:
+def version_of(deployment: dict[str, Any] | None) -> str | None:
+    """The ModelVersion a Deployment's pod template serves."""
     if not deployment:
         return None
     return deployment["spec"]["template"]["metadata"]["labels"].get(LABEL_VERSION)
@@ -129,7 +130,7 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
     target_name = target["metadata"]["name"]
 
     primary_dep = observed.deployments.get("primary")
-    deployed = _version_of(primary_dep)
+    deployed = version_of(primary_dep)
     # Stay on the serving version while the target is the one that was rolled back.
     desired = by_name.get(serving_name, target) if target_name == rolled_back else target
     desired_name = desired["metadata"]["name"]
@@ -230,11 +231,14 @@ def _route(out: Plan, isvc: dict[str, Any], observed: Observed, weights: dict[st
         out.delete.append(("v1", "Service", serving.role_service_name(isvc, role)))
 
 
+def pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def _serving_ready(pod: dict[str, Any], role: str) -> bool:
     meta = pod["metadata"]
-    return (meta.get("labels", {}).get(LABEL_ROLE) == role and not meta.get("deletionTimestamp")
-            and any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in (pod.get("status") or {}).get("conditions") or []))
+    return meta.get("labels", {}).get(LABEL_ROLE) == role and not meta.get("deletionTimestamp") and pod_ready(pod)
 
 
 def _observed_status(isvc: dict[str, Any], observed: Observed, serving_name: str | None,

@@ -128,14 +128,14 @@ def observe_inference(isvc: dict[str, Any]) -> inference.Observed:
     route = CACHE.get("HTTPRoute", ns, serving.service_name(isvc)) if route_api else None
     role_services = {svc["metadata"]["labels"][LABEL_ROLE] for svc in CACHE.children(isvc, "Service")
                      if LABEL_ROLE in (svc["metadata"].get("labels") or {})}
-    rolling = [v for v in {_template_version(d) for d in deployments.values()}
-               if v and v != (isvc.get("status") or {}).get("modelVersion")]
+    serving_version = (isvc.get("status") or {}).get("modelVersion")
+    rolling = _rolling_version(deployments, serving_version)
     return inference.Observed(
         model_versions=CACHE.list("ModelVersion", ns),
         deployments=deployments,
         pods=pods,
         # Read only while a version rolls out: the pods' counters say how it answers.
-        answers=rollout_metrics.answers(pods, (isvc.get("status") or {}).get("modelVersion")) if rolling else {},
+        answers=rollout_metrics.answers(pods, serving_version) if rolling else {},
         route_api=route_api,
         route=route if _owned(route, isvc) else None,
         role_services=role_services,
@@ -143,8 +143,10 @@ def observe_inference(isvc: dict[str, Any]) -> inference.Observed:
     )
 
 
-def _template_version(deployment: dict[str, Any]) -> str | None:
-    return ((deployment.get("spec") or {}).get("template", {}).get("metadata", {}).get("labels") or {}).get(LABEL_VERSION)
+def _rolling_version(deployments: dict[str, dict[str, Any]], serving_version: str | None) -> str | None:
+    """The version the primary Deployment rolls out, while it is not the one serving."""
+    deployed = inference.version_of(deployments.get("primary"))
+    return deployed if deployed != serving_version else None
 
 
 def reconcile_inference(body: dict[str, Any]) -> Wakeup:
@@ -156,22 +158,12 @@ def reconcile_inference(body: dict[str, Any]) -> Wakeup:
     act(body, result, always_post=("RolledOut", "RolledBack", "RetrainRequested", "RetrainRequestFailed"))
     # A version rolling out whose pods answer: its error rate comes from the pods' counters, which no
     # watch reports, so look again soon. Pods that do not answer yet change through watch events.
-    deployed = _desired_version(observed)
     serving_now = result.status.get("modelVersion") or (body.get("status") or {}).get("modelVersion")
-    if deployed and deployed != serving_now and any(
-            _pod_ready(p) and p["metadata"].get("labels", {}).get(LABEL_VERSION) == deployed for p in observed.pods):
+    rolling = _rolling_version(observed.deployments, serving_now)
+    if rolling and any(inference.pod_ready(p) and p["metadata"].get("labels", {}).get(LABEL_VERSION) == rolling
+                       for p in observed.pods):
         wake = min(wake or ROLLOUT_READ_SECONDS, ROLLOUT_READ_SECONDS)
     return wake
-
-
-def _desired_version(observed: inference.Observed) -> str | None:
-    primary = observed.deployments.get("primary")
-    return _template_version(primary) if primary else None
-
-
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 # When each service's drift was last read: the cadence lives here, not in status, so reading drift
@@ -291,10 +283,11 @@ def register(pipeline: dict[str, Any], run_id: str, mv_spec: dict[str, Any]) -> 
     concurrent runs: the create fails with a conflict when another run took the number, and the next
     number is tried. A new Production entry archives the model's previous ones that runs registered."""
     ns, model = pipeline["metadata"]["namespace"], pipeline["spec"]["modelName"]
-    existing = registry.entry_of_run(CACHE.list("ModelVersion", ns), pipeline, run_id)
+    registered = CACHE.list("ModelVersion", ns)
+    existing = registry.entry_of_run(registered, pipeline, run_id)
     if existing:
         return existing
-    version = registry.next_version(CACHE.list("ModelVersion", ns), model)
+    version = registry.next_version(registered, model)
     for _ in range(20):
         try:
             created = k8s.create(training.model_version(pipeline, run_id, version, mv_spec))

@@ -180,7 +180,15 @@ def wait_ready_endpoints(kubectl, ns, count: int, timeout: float = 60) -> None:
     while ready() != count:
         assert time.monotonic() < deadline, f"the Service has {ready()} ready endpoints, not {count}"
         time.sleep(0.5)
-    time.sleep(2)  # kube-proxy's rules follow the EndpointSlice within its sync period
+
+
+def wait_for_answer(base: str, rows, version: int, timeout: float = 60) -> None:
+    """Until `version` has answered a request through the Service: kube-proxy routes to its pod."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while infer(base, rows[i % len(rows)]) != version:
+        assert time.monotonic() < deadline, f"version {version} never answered through the Service"
+        i += 1
 
 
 def test_a_20_percent_canary_gets_about_a_fifth_of_the_requests(kubectl, ns, service, model):
@@ -191,8 +199,9 @@ def test_a_20_percent_canary_gets_about_a_fifth_of_the_requests(kubectl, ns, ser
                          "4 primary and 1 canary replicas ready", timeout=240)
     assert {t["version"]: t["percent"] for t in status["traffic"]} == {"m-v1": 80, "m-v2": 20}
     # Ready pods are in the status at once; the Service's endpoints and kube-proxy's rules follow a
-    # moment later. Measure the split only once all five pods receive requests.
+    # moment later. Measure the split only once all five pods are endpoints and the canary answers.
     wait_ready_endpoints(kubectl, ns, 5)
+    wait_for_answer(service, files.X, version=2)
     before = served_requests(kubectl, ns)
     answered = Counter(infer(service, files.X[i % len(files.X)]) for i in range(1000))
     after = served_requests(kubectl, ns)

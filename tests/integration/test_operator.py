@@ -161,8 +161,15 @@ def test_at_rest_the_operator_sends_nothing(kubectl, kubeconfig, crds, namespace
     _apply_examples(kubectl, namespace, copies=4)
     with OperatorProcess(kubeconfig, tmp_path / "op.log", "--namespace", namespace) as op:
         kubectl.wait_for(lambda: _all_ready(kubectl, namespace, 4), timeout=120, what="every object reconciled")
-        time.sleep(5)
-        before = _api_requests(op)
+        # Settled: the last writes of the first reconciles are done when two reads 2 s apart agree.
+        reads = [_api_requests(op)]
+
+        def settled() -> bool:
+            time.sleep(2)
+            reads.append(_api_requests(op))
+            return reads[-1] == reads[-2]
+        kubectl.wait_for(settled, timeout=60, what="the first reconciles' writes to end")
+        before = reads[-1]
         time.sleep(10)
         after = _api_requests(op)
         assert after == before, f"the operator sent requests with nothing changing: {after} after {before}"
