@@ -35,7 +35,7 @@ class Outcome:
     request_run: str | None = None  # the annotation value to set on the pipeline
 
 
-def _seconds_between(earlier: str, later: str) -> float:
+def seconds_between(earlier: str, later: str) -> float:
     parse = lambda v: datetime.fromisoformat(v.replace("Z", "+00:00"))  # noqa: E731
     return (parse(later) - parse(earlier)).total_seconds()
 
@@ -69,7 +69,7 @@ def from_prometheus(psi: dict[str, float], drifted: dict[str, float]) -> Verdict
     return Verdict(detected=any(f["drift"] for f in features.values()), features=features)
 
 
-def _since(previous: dict[str, Any], new: dict[str, Any], now: str) -> dict[str, Any]:
+def unchanged_since(previous: dict[str, Any], new: dict[str, Any], now: str) -> dict[str, Any]:
     """`new` with `observedAt` kept from `previous` when nothing else moved: a verdict read again and
     found the same writes nothing (observedAt is when this verdict was first read)."""
     strip = lambda d: {k: v for k, v in d.items() if k != "observedAt"}  # noqa: E731
@@ -83,14 +83,14 @@ def plan(isvc: dict[str, Any], verdict: Verdict | None, now: str) -> Outcome:
     spec = isvc["spec"].get("monitoring", {}).get("drift", {})
     previous = (isvc.get("status") or {}).get("drift") or {}
     if verdict is None:
-        out.status["drift"] = _since(previous, previous, now)
+        out.status["drift"] = unchanged_since(previous, previous, now)
         out.conditions.append(("DriftDetected", "Unknown", "NoReport",
                                "no monitoring sidecar has a drift verdict yet (fewer requests than its window needs, or starting)"))
         return out
     ranked = sorted(verdict.features.items(), key=lambda kv: (kv[1]["drift"], kv[1]["psi"] or 0.0), reverse=True)
     worst = [{"name": n, "psi": round(f["psi"], 4)} for n, f in ranked[:WORST] if f["psi"] is not None]
     scores = [f["psi"] for f in verdict.features.values() if f["psi"] is not None]
-    drift_status = _since(previous, {**previous, "worstFeatures": worst,
+    drift_status = unchanged_since(previous, {**previous, "worstFeatures": worst,
                                      "score": round(max(scores), 4) if scores else None}, now)
     out.status["drift"] = drift_status
     if not verdict.detected:
@@ -106,7 +106,7 @@ def plan(isvc: dict[str, Any], verdict: Verdict | None, now: str) -> Outcome:
         return out
     last = previous.get("lastRetrainRequest")
     cooldown = spec.get("cooldownSeconds", 3600)
-    if last and _seconds_between(last, now) < cooldown:
+    if last and seconds_between(last, now) < cooldown:
         return out
     out.request_run = f"drift-{now}"
     drift_status["lastRetrainRequest"] = now

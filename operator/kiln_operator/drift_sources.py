@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from . import drift
+from . import drift, quality
 from .builders.meta import LABEL_VERSION
 from .builders.serving import MONITOR_PORT
 
@@ -35,17 +35,34 @@ def sidecar_reports(pods: list[dict[str, Any]], version: str) -> list[dict[str, 
     return reports
 
 
+def _query(base_url: str, query: str, by: str) -> dict[str, float]:
+    url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    try:
+        result = _get_json(url)["data"]["result"]
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning(f"Prometheus query {query!r} failed: {exc}")
+        return {}
+    return {r["metric"].get(by, ""): float(r["value"][1]) for r in result}
+
+
 def from_prometheus(base_url: str, namespace: str, model: str, version: str) -> drift.Verdict | None:
     """The verdict of the sidecars serving `model` `version` in `namespace`: another namespace may serve
     a model of the same name and version, and its drift is not this service's."""
+    where = f'namespace="{namespace}",model="{model}",version="{version}"'
+
     def per_feature(metric: str) -> dict[str, float]:
-        query = f'max by (feature) ({metric}{{namespace="{namespace}",model="{model}",version="{version}"}})'
-        url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-        try:
-            result = _get_json(url)["data"]["result"]
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning(f"Prometheus query {query!r} failed: {exc}")
-            return {}
-        return {r["metric"]["feature"]: float(r["value"][1]) for r in result if "feature" in r["metric"]}
+        found = _query(base_url, f"max by (feature) ({metric}{{{where}}})", "feature")
+        return {k: v for k, v in found.items() if k}
 
     return drift.from_prometheus(per_feature("kiln_feature_drift_psi"), per_feature("kiln_feature_drift_detected"))
+
+
+def quality_from_prometheus(base_url: str, namespace: str, model: str, version: str) -> quality.Verdict | None:
+    """The same live quality from the sidecars' gauges: each metric weighted by the pods' labelled rows."""
+    where = f'namespace="{namespace}",model="{model}",version="{version}"'
+    rows = _query(base_url, f"sum(kiln_live_quality_rows{{{where}}})", "").get("", 0.0)
+    if not rows:
+        return None
+    weighted = _query(base_url, f"sum by (metric) (kiln_live_quality{{{where}}} * on (pod) group_left "
+                                f"kiln_live_quality_rows{{{where}}}) / {rows}", "metric")
+    return quality.Verdict({k: v for k, v in weighted.items() if k}, int(rows))

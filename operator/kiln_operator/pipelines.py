@@ -5,7 +5,13 @@ which picks the best trial, applies the quality gates and writes the final artif
 derive from the run id, so a restarted operator finds the Jobs it already made instead of making
 them again. Runs start on creation, on a spec change, on a new dataset version (`onDatasetChange`),
 on the cron `schedule`, and on request through the `kiln.dev/run-requested` annotation (what the
-drift loop and `kubectl annotate` use).
+drift and quality loops and `kubectl annotate` use).
+
+A run trains on a snapshot of one Dataset version (the newest, or the one `datasetVersion` pins), never
+on the moving source. A run asked for by drift or low quality first asks the Dataset for its newest
+data (`kiln.dev/refresh`) and waits for that validation; when the newest version is the one the
+serving model was trained on, retraining would learn nothing and the run is skipped. The serving
+model (the champion) goes to the selection step, which scores both models on the same test rows.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ class Observed:
     dataset: dict[str, Any] | None
     jobs: dict[str, JobView]  # by Job name
     production: dict[str, Any] | None  # the model's current Production ModelVersion
+    champion: dict[str, Any] | None = None  # the ModelVersion now serving the model: the one to beat
+
+
+# Runs asked for because production went wrong: they must see the newest data first.
+FRESH_DATA_TRIGGERS = ("drift", "quality")
 
 
 def _parse_time(value: str) -> datetime:
@@ -56,9 +67,10 @@ def _trigger(pipeline: dict[str, Any], dataset: dict[str, Any], now: str) -> str
         return "specChange"
     request = (meta.get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
     if request and request != status.get("lastRunRequest"):
-        if request.startswith("drift") and not spec.get("triggers", {}).get("onDrift", True):
-            return None
-        return "drift" if request.startswith("drift") else "requested"
+        for trigger, allowed in (("drift", "onDrift"), ("quality", "onQuality")):
+            if request.startswith(trigger):
+                return trigger if spec.get("triggers", {}).get(allowed, True) else None
+        return "requested"
     version = (dataset.get("status") or {}).get("version")
     if spec.get("triggers", {}).get("onDatasetChange") and status.get("lastDatasetVersion") not in (None, version):
         return "datasetChange"
@@ -67,25 +79,64 @@ def _trigger(pipeline: dict[str, Any], dataset: dict[str, Any], now: str) -> str
     return None
 
 
+def version_entry(dataset: dict[str, Any], version: str | None) -> dict[str, Any] | None:
+    """The Dataset's record of `version` (with its snapshot), or None when it is not kept."""
+    status = dataset.get("status") or {}
+    for entry in status.get("versions") or []:
+        if entry.get("version") == version:
+            return entry
+    # A Dataset validated before snapshots existed knows only its current version.
+    return {"version": version} if version and version == status.get("version") else None
+
+
+def _version_to_train(pipeline: dict[str, Any], dataset: dict[str, Any]) -> str | None:
+    return pipeline["spec"].get("datasetVersion") or (dataset.get("status") or {}).get("version")
+
+
 def _start_run(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Observed, trigger: str,
                now: str, cfg: OperatorConfig, out: Plan) -> dict[str, Any]:
     status = pipeline.get("status") or {}
     last = status.get("lastRun") or "r0"
     run_id = f"r{int(last.lstrip('r') or 0) + 1}"
+    version = version_entry(dataset, _version_to_train(pipeline, dataset))
     config = training.run_config(pipeline, dataset, run_id, output_prefix(pipeline, run_id, cfg),
-                                 observed.production, cfg)
+                                 observed.production, cfg, version, observed.champion)
     out.apply.append(training.trials_job(pipeline, run_id, config, cfg))
     trials = training.trial_count(pipeline["spec"].get("search", {}))
+    against = f"; to beat {observed.champion['metadata']['name']}" if observed.champion else ""
     out.event("Normal", "RunStarted", f"run {run_id} ({trigger}): {trials} trial(s) on dataset version "
-              f"{(dataset['status'].get('version') or '')[:12]}")
+              f"{version['version'][:12]}{against}")
     out.status.update(lastRun=run_id, lastRunGeneration=pipeline["metadata"].get("generation"),
-                      lastDatasetVersion=dataset["status"].get("version"))
+                      lastDatasetVersion=version["version"])
     request = (pipeline["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
     if request:
         out.status["lastRunRequest"] = request
     return {"id": run_id, "phase": "Running", "trigger": trigger, "job": training.run_job_name(pipeline, run_id, "trials"),
-            "datasetVersion": dataset["status"].get("version"), "startedAt": now,
+            "datasetVersion": version["version"], "startedAt": now,
             "trialsSucceeded": 0, "trialsFailed": 0}
+
+
+def _fresh_data(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Observed, trigger: str,
+                out: Plan) -> bool:
+    """For a run asked for by drift or quality: whether the Dataset has answered this request with its
+    newest data and that data is new to the serving model. Asks for it (out.refresh) or skips the
+    request (recording it as acted on) otherwise."""
+    if trigger not in FRESH_DATA_TRIGGERS or pipeline["spec"].get("datasetVersion"):
+        return True
+    request = (pipeline["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
+    if (dataset.get("status") or {}).get("lastRefresh") != request:
+        out.refresh = request
+        return False
+    version = (dataset.get("status") or {}).get("version")
+    champion = observed.champion
+    trained = ((champion or {}).get("spec") or {}).get("lineage", {}).get("datasetVersion")
+    if champion and trained == version:
+        out.event("Normal", "RunSkipped", f"a {trigger} run was requested, but the newest data (version "
+                  f"{version[:12]}) is what {champion['metadata']['name']} was trained on: retraining would "
+                  "learn nothing new")
+        out.status["lastRunRequest"] = request
+        return False
+    return True
 
 
 def _advance(pipeline: dict[str, Any], dataset: dict[str, Any], run: dict[str, Any], observed: Observed,
@@ -96,9 +147,9 @@ def _advance(pipeline: dict[str, Any], dataset: dict[str, Any], run: dict[str, A
     trials_name = training.run_job_name(pipeline, run_id, "trials")
     select_name = training.run_job_name(pipeline, run_id, "select")
     trials = observed.jobs.get(trials_name, JobView(None))
+    version = version_entry(dataset, run.get("datasetVersion")) or {"version": run.get("datasetVersion")}
     config = training.run_config(pipeline, dataset, run_id, output_prefix(pipeline, run_id, cfg),
-                                 observed.production, cfg)
-    config["datasetVersion"] = run.get("datasetVersion")
+                                 observed.production, cfg, version, observed.champion)
     if run["phase"] == "Running":
         if trials.job is None:
             out.apply.append(training.trials_job(pipeline, run_id, config, cfg))  # lost before a restart
@@ -125,6 +176,10 @@ def _advance(pipeline: dict[str, Any], dataset: dict[str, Any], run: dict[str, A
         summary = select.summary(0) or {}
         run["bestMetrics"] = {k: float(v) for k, v in (summary.get("metrics") or {}).items()
                               if isinstance(v, (int, float))} or run.get("bestMetrics")
+        for role in ("challenger", "champion"):
+            score = summary.get(role)
+            if isinstance(score, dict) and score.get("metric"):
+                run[role] = {k: score[k] for k in ("name", "metric", "value") if score.get(k) is not None}
         result = summary.get("result")
         if select.state == "Complete" and result == "Succeeded":
             mv = summary.get("modelVersion") or {}
@@ -167,6 +222,14 @@ def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now:
     active = [r for r in runs if r["phase"] in ACTIVE + ("Registering",)]
 
     trigger = _trigger(pipeline, dataset, now) if dataset_ready else None
+    pinned = spec.get("datasetVersion")
+    if trigger and version_entry(dataset, _version_to_train(pipeline, dataset)) is None:
+        kept = ", ".join(v["version"][:12] for v in (dataset.get("status") or {}).get("versions") or []) or "none"
+        out.condition("Ready", "False", "DatasetVersionNotFound", f"datasetVersion {pinned} is not a kept "
+                      f"version of Dataset {dataset['metadata']['name']!r} (kept: {kept})")
+        trigger = None
+    if trigger and not active and not _fresh_data(pipeline, dataset, observed, trigger, out):
+        trigger = None
     if trigger and active:
         if spec.get("concurrencyPolicy", "Forbid") == "Replace":
             for run in active:
@@ -196,7 +259,12 @@ def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now:
     out.status["runs"] = runs
 
     latest = runs[-1] if runs else None
-    if not dataset_ready and not latest:
+    if any(c[0] == "Ready" for c in out.conditions):
+        pass  # decided above (a pinned version that is not kept)
+    elif out.refresh and not active:
+        out.condition("Ready", "False", "WaitingForData", f"asked Dataset {dataset['metadata']['name']!r} for its "
+                      "newest data before the requested run")
+    elif not dataset_ready and not latest:
         out.condition("Ready", "False", "DatasetNotReady",
                       f"waiting for Dataset {dataset['metadata']['name']!r} to become Ready")
     elif latest is None:

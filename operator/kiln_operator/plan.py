@@ -15,6 +15,8 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # Normal|Warning, reason, message
     # Registry entries to create (pipeline runs only): (run id, ModelVersion spec from the select step).
     register: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # A pipeline asking its Dataset for the newest data (the kiln.dev/refresh value to set) before a run.
+    refresh: str | None = None
 
     def condition(self, type_: str, status: str, reason: str, message: str) -> None:
         self.conditions.append((type_, status, reason, message))

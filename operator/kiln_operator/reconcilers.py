@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import config, datasets, drift, drift_sources, events, inference, k8s, pipelines, registry, rollout_metrics
+from . import config, datasets, drift, drift_sources, events, inference, k8s, pipelines, quality, registry, rollout_metrics, sources
 from .api.kinds import API_VERSION, Kind, kind_by_name
 from .builders import serving, training
 from .builders.meta import ANNOTATION_RUN_REQUEST, LABEL_ROLE, LABEL_VERSION
@@ -172,11 +172,13 @@ _drift_read: dict[tuple[str, str], float] = {}
 
 
 def watch_drift(isvc: dict[str, Any], observed: inference.Observed, result: Plan) -> Wakeup:
-    """Reads the serving version's drift every READ_EVERY_SECONDS, and asks the pipeline for a run when
-    told to; returns when to read again."""
-    spec = isvc["spec"].get("monitoring", {}).get("drift", {})
+    """Reads the serving version's drift and live quality every READ_EVERY_SECONDS, and asks the
+    pipeline for a run when told to; returns when to read again."""
+    spec = isvc["spec"]
+    drift_spec = spec.get("monitoring", {}).get("drift", {})
+    watch_quality = spec.get("feedback") is not None
     serving_version = result.status.get("modelVersion") or (isvc.get("status") or {}).get("modelVersion")
-    if not spec.get("enabled", True) or not serving_version:
+    if not (drift_spec.get("enabled", True) or watch_quality) or not serving_version:
         return None
     key = (isvc["metadata"]["namespace"], isvc["metadata"]["name"])
     now_s = datetime.now(timezone.utc).timestamp()
@@ -185,26 +187,47 @@ def watch_drift(isvc: dict[str, Any], observed: inference.Observed, result: Plan
         return drift.READ_EVERY_SECONDS - since
     _drift_read[key] = now_s
     now = now_rfc3339()
+    ns = isvc["metadata"]["namespace"]
     mv = next((m for m in observed.model_versions if m["metadata"]["name"] == serving_version), None)
-    if CONFIG.prometheus_url and mv:
-        verdict = drift_sources.from_prometheus(CONFIG.prometheus_url, isvc["metadata"]["namespace"],
-                                                mv["spec"]["modelName"], str(mv["spec"]["version"]))
-    else:
-        verdict = drift.from_reports(drift_sources.sidecar_reports(observed.pods, serving_version))
-    outcome = drift.plan(isvc, verdict, now)
-    result.status.update(outcome.status)
-    result.conditions.extend(outcome.conditions)
-    result.events.extend(outcome.events)
-    if outcome.request_run:
-        name = spec["pipelineRef"]["name"]
-        try:
-            _store(k8s.annotate(API_VERSION, "TrainingPipeline", isvc["metadata"]["namespace"], name,
-                                {ANNOTATION_RUN_REQUEST: outcome.request_run}))
-        except Exception as exc:  # a missing pipeline must not stop serving; the condition says why
-            result.status["drift"].pop("lastRetrainRequest", None)
-            result.event("Warning", "RetrainRequestFailed", f"could not ask TrainingPipeline {name!r} for a run: {exc}")
-            log.warning(f"retrain request to {name} failed: {exc}", **_ref(isvc))
+    outcomes = []
+    reports = None
+    if not CONFIG.prometheus_url or not mv:
+        reports = drift_sources.sidecar_reports(observed.pods, serving_version)
+    if drift_spec.get("enabled", True):
+        if reports is None:
+            verdict = drift_sources.from_prometheus(CONFIG.prometheus_url, ns, mv["spec"]["modelName"],
+                                                    str(mv["spec"]["version"]))
+        else:
+            verdict = drift.from_reports(reports)
+        outcomes.append((drift.plan(isvc, verdict, now), drift_spec.get("pipelineRef")))
+    if watch_quality:
+        if reports is None:
+            live = drift_sources.quality_from_prometheus(CONFIG.prometheus_url, ns, mv["spec"]["modelName"],
+                                                         str(mv["spec"]["version"]))
+        else:
+            live = quality.from_reports(reports)
+        floor = spec.get("monitoring", {}).get("quality") or {}
+        outcomes.append((quality.plan(isvc, live, serving_version, now), floor.get("pipelineRef")))
+    asked = False
+    for outcome, pipeline_ref in outcomes:
+        result.status.update(outcome.status)
+        result.conditions.extend(outcome.conditions)
+        result.events.extend(outcome.events)
+        if outcome.request_run and not asked:  # drift and quality at once: one run answers both
+            asked = True
+            _request_run(isvc, pipeline_ref["name"], outcome.request_run, result)
     return drift.READ_EVERY_SECONDS
+
+
+def _request_run(isvc: dict[str, Any], name: str, request: str, result: Plan) -> None:
+    try:
+        _store(k8s.annotate(API_VERSION, "TrainingPipeline", isvc["metadata"]["namespace"], name,
+                            {ANNOTATION_RUN_REQUEST: request}))
+    except Exception as exc:  # a missing pipeline must not stop serving; the condition says why
+        for key in ("drift", "quality"):
+            (result.status.get(key) or {}).pop("lastRetrainRequest", None)
+        result.event("Warning", "RetrainRequestFailed", f"could not ask TrainingPipeline {name!r} for a run: {exc}")
+        log.warning(f"retrain request to {name} failed: {exc}", **_ref(isvc))
 
 
 # The last log lines of terminated pods, by pod uid: they never change, so they are read once.
@@ -234,14 +257,61 @@ def observe_jobs(owner: dict[str, Any]) -> dict[str, JobView]:
 DATASET = kind_by_name("Dataset")
 
 
+# When each Dataset's source was last listed: the cadence lives here, so a check that finds nothing
+# new writes nothing.
+_source_checked: dict[tuple[str, str], float] = {}
+
+
+def check_source(body: dict[str, Any], result_conditions: list) -> tuple[str | None, Wakeup]:
+    """The source's fingerprint to validate (a new listing when one is due, else the last one) and when
+    to list again. A source that cannot be listed keeps the last fingerprint: nothing is validated
+    and the last version stays usable; the SourceAvailable condition says why."""
+    spec_source = body["spec"]["source"]
+    last = (body.get("status") or {}).get("sourceFingerprint")
+    interval = spec_source.get("checkIntervalSeconds")
+    if not interval:
+        return None, None
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    now_s = datetime.now(timezone.utc).timestamp()
+    since = now_s - _source_checked.get(key, 0.0)
+    if since < interval and last:
+        return last, interval - since
+    _source_checked[key] = now_s
+    try:
+        listing = sources.list_source(spec_source["uri"], CONFIG.s3_endpoint, CONFIG.s3_region)
+    except sources.SourceUnavailable as exc:
+        result_conditions.append(("SourceAvailable", "False", "SourceUnavailable", str(exc)))
+        return last, interval
+    result_conditions.append(("SourceAvailable", "True", "Listed",
+                              f"{listing.files} file(s), {listing.bytes} bytes at the last check"))
+    return listing.fingerprint, interval
+
+
+def trained_on(dataset: dict[str, Any]) -> frozenset[str]:
+    """The versions of this Dataset that ModelVersions were trained on."""
+    name = dataset["metadata"]["name"]
+    return frozenset(m["spec"].get("lineage", {}).get("datasetVersion")
+                     for m in CACHE.list("ModelVersion", dataset["metadata"]["namespace"])
+                     if m["spec"].get("lineage", {}).get("dataset") == name
+                     and m["spec"].get("lineage", {}).get("datasetVersion"))
+
+
 def reconcile_dataset(body: dict[str, Any]) -> Wakeup:
     if not _validate(DATASET, body):
         return None
+    checked: list = []
+    fingerprint, wake = check_source(body, checked)
     jobs = observe_jobs(body)
-    token = datasets.validation_token(body)
+    token = datasets.validation_token(body, fingerprint)
     view = jobs.get(training.validation_job_name(body, token), JobView(None))
-    act(body, datasets.plan(body, view, CONFIG, now_rfc3339()))
-    return None
+    result = datasets.plan(body, view, CONFIG, now_rfc3339(), fingerprint, trained_on(body))
+    result.conditions.extend(checked)
+    if fingerprint and fingerprint != (body.get("status") or {}).get("sourceFingerprint") \
+            and (body.get("status") or {}).get("sourceFingerprint"):
+        result.event("Normal", "SourceChanged", f"the source's listing changed; validating with Job "
+                     f"{training.validation_job_name(body, token)}")
+    act(body, result, always_post=("SourceChanged",))
+    return wake
 
 
 PIPELINE = kind_by_name("TrainingPipeline")
@@ -256,9 +326,13 @@ def reconcile_pipeline(body: dict[str, Any]) -> Wakeup:
         dataset=CACHE.get("Dataset", ns, spec["datasetRef"]["name"]),
         jobs=observe_jobs(body),
         production=registry.production_version(model_versions, spec["modelName"]),
+        champion=registry.serving_version(model_versions, CACHE.list("InferenceService", ns), spec["modelName"]),
     )
     now = now_rfc3339()
     result = pipelines.plan(body, observed, CONFIG, now)
+    if result.refresh and datasets.refresh_request(observed.dataset) != result.refresh:
+        _store(k8s.annotate(API_VERSION, "Dataset", ns, spec["datasetRef"]["name"],
+                            {datasets.REFRESH_ANNOTATION: result.refresh}))
     for run_id, mv_spec in result.register:
         created = register(body, run_id, mv_spec)
         name = created["metadata"]["name"]

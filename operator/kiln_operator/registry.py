@@ -20,6 +20,17 @@ def production_version(mvs: list[dict[str, Any]], model: str) -> dict[str, Any] 
     return max(staged, key=lambda m: m["spec"]["version"]) if staged else None
 
 
+def serving_version(mvs: list[dict[str, Any]], isvcs: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """The version of `model` a new one must beat: its Production version, else the newest version an
+    InferenceService serves. A version nothing serves and nobody promoted is no yardstick."""
+    production = production_version(mvs, model)
+    if production:
+        return production
+    by_name = {m["metadata"]["name"]: m for m in versions_of(mvs, model)}
+    served = [by_name[n] for n in ((i.get("status") or {}).get("modelVersion") for i in isvcs) if n in by_name]
+    return max(served, key=lambda m: m["spec"]["version"]) if served else None
+
+
 def entry_of_run(mvs: list[dict[str, Any]], pipeline: dict[str, Any], run_id: str) -> dict[str, Any] | None:
     """The ModelVersion a pipeline's run already registered, if any (a restart must not register twice)."""
     for mv in versions_of(mvs, pipeline["spec"]["modelName"]):

@@ -96,3 +96,27 @@ def test_without_a_monitoring_sidecar_the_server_hands_off_nothing():
           "artifact": {"uri": "s3://b/m", "sha256": "a" * 64}, "signature": {"inputs": [], "output": {}}}}
     env = {e["name"]: e["value"] for e in server_env(isvc_spec, mv, monitored=False)}
     assert env["KILN_HANDOFF_SOCKET"] == "off"
+
+
+def test_payload_logging_and_feedback_configure_the_sidecar_even_without_drift():
+    isvc = json.loads(json.dumps(ISVC))
+    isvc["spec"]["monitoring"]["drift"]["enabled"] = False
+    isvc["spec"]["logging"] = {"uri": "s3://logs/payloads", "sampleRate": 0.5, "flushSeconds": 5}
+    isvc["spec"]["feedback"] = {"ttlSeconds": 600, "windowRows": 200, "labelledUri": "s3://data/labelled"}
+    mv = json.loads(json.dumps(MV))
+    mv["spec"]["signature"]["output"]["name"] = "default"
+    server, monitor = serving.deployment(isvc, mv, "primary", CFG)["spec"]["template"]["spec"]["containers"]
+    env = env_of(monitor)
+    assert (env["KILN_PAYLOAD_URI"], env["KILN_PAYLOAD_SAMPLE_RATE"], env["KILN_PAYLOAD_FLUSH_SECONDS"]) == (
+        "s3://logs/payloads", "0.5", "5")
+    assert (env["KILN_LABELLED_URI"], env["KILN_LABEL_COLUMN"], env["KILN_TASK"]) == (
+        "s3://data/labelled", "default", "classification")
+    assert env["KILN_FEEDBACK_TTL_SECONDS"] == "600" and env["KILN_QUALITY_WINDOW_ROWS"] == "200"
+    assert monitor["envFrom"] == [{"secretRef": {"name": "s3"}}]  # it writes to the store
+    assert env_of(server)["KILN_MONITOR_URL"] == f"http://127.0.0.1:{serving.MONITOR_PORT}"
+
+
+def test_without_feedback_the_server_relays_nothing_and_the_sidecar_logs_nothing():
+    server, monitor = serving.deployment(ISVC, MV, "primary", CFG)["spec"]["template"]["spec"]["containers"]
+    assert "KILN_MONITOR_URL" not in env_of(server)
+    assert not {"KILN_PAYLOAD_URI", "KILN_LABELLED_URI"} & set(env_of(monitor))

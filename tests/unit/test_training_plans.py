@@ -93,6 +93,36 @@ def test_passed_validation_sets_version_rows_and_ready():
     assert any(e[1] == "NewVersion" for e in result.events)
 
 
+def test_a_changed_source_listing_names_a_new_validation_and_is_recorded():
+    ds = ready_dataset()
+    assert datasets.validation_token(ds, "f1" * 32) != datasets.validation_token(ds, "f2" * 32)
+    result = datasets.plan(ds, JobView(None), CFG, NOW, fingerprint="f2" * 32)
+    assert result.status["sourceFingerprint"] == "f2" * 32 and len(result.apply) == 1
+
+
+def test_retention_keeps_the_newest_versions_and_every_version_a_model_was_trained_on():
+    ds = ready_dataset()
+    ds["spec"]["retention"] = {"versions": 2}
+    ds["status"]["versions"] = [{"version": v * 64} for v in "1234"]
+    validation = datasets.plan(ds, JobView(None), CFG, NOW, trained_on=frozenset({"1" * 64})).apply[0]
+    config = json.loads(validation["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert config["keepVersions"] == ["1" * 64, "3" * 64, "4" * 64]
+    view = JobView(job("Complete", 1), {0: {"result": "Succeeded", "version": "5" * 64, "rows": 9,
+                                             "snapshotUri": "s3://kiln/5.parquet", "snapshotSha256": "e" * 64}})
+    done = datasets.plan(ds, view, CFG, NOW, trained_on=frozenset({"1" * 64}))
+    assert [v["version"][0] for v in done.status["versions"]] == ["1", "3", "4", "5"]
+    assert done.status["snapshotUri"] == "s3://kiln/5.parquet"
+
+
+def test_a_failed_validation_after_a_good_one_leaves_the_last_version_usable():
+    ds = ready_dataset()
+    summary = {"result": "Failed", "reason": "SourceEmpty", "message": "s3://d/x/: no .csv or .parquet file"}
+    result = datasets.plan(ds, JobView(job("Failed"), {0: summary}), CFG, NOW)
+    assert conditions(result)["Validated"][:2] == ("False", "SourceEmpty")
+    assert conditions(result)["Ready"][:2] == ("True", "LastVersionUsable")
+    assert "version" not in result.status  # the last version is left as it was
+
+
 def test_failed_checks_are_named_with_their_column():
     ds = example("01-dataset.yaml")
     summary = {"result": "Failed", "reason": "ChecksFailed", "message": "1 check failed",
@@ -224,10 +254,10 @@ def test_a_new_dataset_version_starts_a_run_when_asked_to():
 
 def test_a_run_request_starts_once_and_respects_forbid():
     tp = finished(example("02-trainingpipeline.yaml"), 1)
-    tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "drift-2026-11-23T10:00:00Z"}
+    tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "manual-2026-11-23T10:00:00Z"}
     result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
-    assert result.status["runs"][-1]["trigger"] == "drift"
-    assert result.status["lastRunRequest"] == "drift-2026-11-23T10:00:00Z"
+    assert result.status["runs"][-1]["trigger"] == "requested"
+    assert result.status["lastRunRequest"] == "manual-2026-11-23T10:00:00Z"
     # The same request seen again (the next timer tick) starts nothing.
     tp["status"].update(result.status)
     tp["status"]["runs"][-1]["phase"] = "Succeeded"
@@ -238,6 +268,81 @@ def test_a_run_request_starts_once_and_respects_forbid():
     name = training.run_job_name(busy, "r2", "trials")
     skipped = pipelines.plan(busy, observed(ready_dataset(), {name: JobView(job())}), CFG, NOW)
     assert skipped.apply == [] and any(e[1] == "RunSkipped" for e in skipped.events)
+
+
+def champion(version: str = VERSION) -> dict:
+    mv = registered("Production")
+    mv["spec"].update(signature={"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}},
+                      lineage={"dataset": "iris", "datasetVersion": version})
+    return mv
+
+
+def test_a_drift_run_first_asks_the_dataset_for_its_newest_data_and_waits():
+    tp = finished(example("02-trainingpipeline.yaml"), 1)
+    tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "drift-2026-11-23T10:00:00Z"}
+    waiting = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    assert waiting.refresh == "drift-2026-11-23T10:00:00Z" and waiting.apply == []
+    assert conditions(waiting)["Ready"][:2] == ("False", "WaitingForData")
+    assert "lastRunRequest" not in waiting.status  # the request stands until the data answered it
+
+
+def test_a_drift_run_on_new_data_trains_on_its_snapshot_against_the_serving_model():
+    tp = finished(example("02-trainingpipeline.yaml"), 1)
+    tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "drift-2026-11-23T10:00:00Z"}
+    tp["spec"]["gates"] = {"beatProductionBy": 0.01}
+    newer = "cd" * 32
+    ds = ready_dataset(newer)
+    ds["status"].update(lastRefresh="drift-2026-11-23T10:00:00Z", versions=[
+        {"version": VERSION, "snapshotUri": "s3://kiln/v1.parquet", "snapshotSha256": "1" * 64},
+        {"version": newer, "snapshotUri": "s3://kiln/v2.parquet", "snapshotSha256": "2" * 64}])
+    seen = observed(ds)
+    seen.champion = champion(VERSION)
+    result = pipelines.plan(tp, seen, CFG, NOW)
+    run = result.status["runs"][-1]
+    assert run["trigger"] == "drift" and run["datasetVersion"] == newer
+    config = json.loads(result.apply[0]["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert config["datasetSnapshot"] == {"uri": "s3://kiln/v2.parquet", "sha256": "2" * 64}
+    assert config["champion"]["name"] == "iris-v1" and config["champion"]["margin"] == 0.01
+    assert config["champion"]["artifact"]["sha256"] == "c" * 64
+    assert any("to beat iris-v1" in e[2] for e in result.events if e[1] == "RunStarted")
+
+
+def test_a_drift_run_on_the_data_the_serving_model_was_trained_on_is_skipped():
+    tp = finished(example("02-trainingpipeline.yaml"), 1)
+    tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "drift-2026-11-23T10:00:00Z"}
+    ds = ready_dataset()
+    ds["status"]["lastRefresh"] = "drift-2026-11-23T10:00:00Z"
+    seen = observed(ds)
+    seen.champion = champion(VERSION)
+    result = pipelines.plan(tp, seen, CFG, NOW)
+    assert result.apply == [] and result.status["lastRunRequest"] == "drift-2026-11-23T10:00:00Z"
+    assert any(e[1] == "RunSkipped" and "learn nothing new" in e[2] for e in result.events)
+
+
+def test_a_pinned_version_trains_again_on_its_snapshot_or_says_it_is_gone():
+    tp = finished(example("02-trainingpipeline.yaml"), 1)
+    tp["metadata"]["generation"] = 2  # the pin is a spec change: a run
+    ds = ready_dataset("cd" * 32)
+    ds["status"]["versions"] = [{"version": VERSION, "snapshotUri": "s3://kiln/v1.parquet",
+                                 "snapshotSha256": "1" * 64}, {"version": "cd" * 32}]
+    tp["spec"]["datasetVersion"] = VERSION
+    result = pipelines.plan(tp, observed(ds), CFG, NOW)
+    assert result.status["runs"][-1]["datasetVersion"] == VERSION
+    config = json.loads(result.apply[0]["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert config["datasetSnapshot"]["uri"] == "s3://kiln/v1.parquet"
+    tp["spec"]["datasetVersion"] = "ef" * 32
+    gone = pipelines.plan(tp, observed(ds), CFG, NOW)
+    assert gone.apply == [] and conditions(gone)["Ready"][:2] == ("False", "DatasetVersionNotFound")
+
+
+def test_the_model_to_beat_is_production_else_what_a_service_serves():
+    staged = registered("Staging")
+    isvc = {"status": {"modelVersion": "iris-v1"}}
+    assert registry.serving_version([staged], [], "iris") is None
+    assert registry.serving_version([staged], [isvc], "iris") is staged
+    prod = copy.deepcopy(staged)
+    prod["metadata"]["name"], prod["spec"]["stage"], prod["spec"]["version"] = "iris-v2", "Production", 2
+    assert registry.serving_version([staged, prod], [isvc], "iris") is prod
 
 
 def test_replace_cancels_the_active_run_and_starts_another():

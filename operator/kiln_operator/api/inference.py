@@ -113,11 +113,63 @@ class Drift(ApiModel):
     """Least time between two retraining requests."""
 
 
+QualityMetric = Literal["accuracy", "f1", "mae", "rmse"]
+
+
+class Quality(ApiModel):
+    """A floor (or ceiling, for errors) on the live quality measured from fed-back labels."""
+
+    model_config = {"json_schema_extra": validations(
+        cel("has(self.min) != has(self.max)", "set exactly one of min and max", ".min"),
+        cel("self.action != 'retrain' || has(self.pipelineRef)", "action retrain needs pipelineRef",
+            ".pipelineRef"),
+    )}
+
+    metric: QualityMetric
+    """accuracy or f1 (classifiers), mae or rmse (regressors), over the sliding window of labelled rows."""
+    min: float | None = None
+    """Lowest acceptable value (accuracy, f1)."""
+    max: float | None = None
+    """Highest acceptable value (mae, rmse)."""
+    min_rows: int = Field(default=100, ge=1)
+    """Labelled rows needed before the floor is judged."""
+    action: Literal["alert", "retrain"] = "alert"
+    """alert sets QualityDegraded and emits an Event; retrain also requests a pipeline run."""
+    pipeline_ref: LocalObjectReference | None = None
+    """TrainingPipeline to run when quality falls below the floor."""
+    cooldown_seconds: int = Field(default=3600, ge=60)
+    """Least time between two retraining requests."""
+
+
 class Monitoring(ApiModel):
     """Monitoring of the served traffic."""
 
     drift: Drift = defaulted(Drift)
     """Drift detection."""
+    quality: Quality | None = None
+    """A quality floor judged on fed-back labels (needs `feedback`)."""
+
+
+class PayloadLogging(ApiModel):
+    """Every served row and its prediction, written as Parquet to the artifact store."""
+
+    uri: str = Field(pattern=r"^(s3|file)://.+", max_length=2048)
+    """Prefix of the logs: `<uri>/model=<m>/version=<v>/date=<yyyy-mm-dd>/part-*.parquet`."""
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    """Share of requests logged (all rows of a request or none)."""
+    flush_seconds: int = Field(default=60, ge=1, le=3600)
+    """Longest a logged row waits in memory before it is written."""
+
+
+class Feedback(ApiModel):
+    """Ground truth sent back after the fact: `POST /v2/models/<name>/feedback` with the request id."""
+
+    ttl_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    """How long an answer can be labelled."""
+    window_rows: int = Field(default=1000, ge=10, le=1_000_000)
+    """Labelled rows in the live-quality window."""
+    labelled_uri: str | None = Field(default=None, pattern=r"^(s3|file)://.+", max_length=2048)
+    """Where labelled rows are written as Parquet (features, label, prediction): point a Dataset here."""
 
 
 class Rollout(ApiModel):
@@ -134,6 +186,11 @@ class Rollout(ApiModel):
 class InferenceServiceSpec(ApiModel):
     """Desired state of an InferenceService."""
 
+    model_config = {"json_schema_extra": validations(
+        cel("!has(self.monitoring.quality) || has(self.feedback)", "monitoring.quality needs feedback: "
+            "quality is measured on fed-back labels", ".monitoring.quality"),
+    )}
+
     model: ModelSelector
     """The version to serve."""
     canary: Canary | None = None
@@ -145,7 +202,11 @@ class InferenceServiceSpec(ApiModel):
     batching: Batching = defaulted(Batching)
     """Micro-batching."""
     monitoring: Monitoring = defaulted(Monitoring)
-    """Drift monitoring."""
+    """Drift and quality monitoring."""
+    logging: PayloadLogging | None = None
+    """Log what is served: requests' rows and predictions."""
+    feedback: Feedback | None = None
+    """Accept labels for served answers and measure live quality."""
     rollout: Rollout = defaulted(Rollout)
     """Rollout safety."""
     resources: Resources | None = None
@@ -185,6 +246,21 @@ class DriftStatus(ApiModel):
     """When a retraining run was last requested (RFC 3339)."""
 
 
+class QualityStatus(ApiModel):
+    """Live quality of the serving version, from fed-back labels."""
+
+    version: str | None = None
+    """The ModelVersion measured."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """accuracy and f1, or mae and rmse, over the window."""
+    rows: int = 0
+    """Labelled rows the metrics are measured on."""
+    observed_at: str | None = None
+    """When these numbers were first read (RFC 3339)."""
+    last_retrain_request: str | None = None
+    """When a retraining run was last requested for low quality (RFC 3339)."""
+
+
 class InferenceServiceStatus(StatusBase):
     """Observed state of an InferenceService."""
 
@@ -204,3 +280,5 @@ class InferenceServiceStatus(StatusBase):
     """A version that was rolled back, and stays out until the spec changes."""
     drift: DriftStatus | None = None
     """Latest drift observation."""
+    quality: QualityStatus | None = None
+    """Latest live-quality observation."""

@@ -73,6 +73,8 @@ class SignatureOutput(ApiModel):
 
     type: Literal["label", "value"]
     """label for classifiers, value for regressors."""
+    name: str | None = None
+    """The column the model was trained to predict (the Dataset's target)."""
     classes: list[str] | None = None
     """Class labels of a classifier, in the order of its probabilities."""
 

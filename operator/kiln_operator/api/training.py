@@ -53,7 +53,8 @@ class Search(ApiModel):
     metric: Metric | None = None
     """Metric that picks the best trial; accuracy for classifiers and rmse for regressors when unset."""
     cv_folds: int = Field(default=0, ge=0, le=20)
-    """Cross-validation folds on the training split; 0 scores on the held-out test split only."""
+    """Cross-validation folds inside the training split; 0 scores trials on a validation split of it.
+    Either way the test split is never used to pick a trial: it scores the winner once."""
 
 
 class Evaluation(ApiModel):
@@ -61,6 +62,8 @@ class Evaluation(ApiModel):
 
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     """Fraction of rows held out for testing."""
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    """Fraction of the training split that scores trials when cvFolds is 0."""
     seed: int = Field(default=42, ge=0)
     """Random seed of the split and the search: same data, seed and params give the same metrics."""
 
@@ -84,7 +87,9 @@ class Gates(ApiModel):
     metrics: list[MetricGate] = Field(default_factory=list, max_length=20)
     """Thresholds on metrics of the held-out test split."""
     beat_production_by: float | None = Field(default=None, ge=0)
-    """When set, the new model must beat the current Production version's metric by this margin."""
+    """Margin by which a new model must beat the model now serving (the Production version, else the
+    version the model's InferenceServices serve), both scored on the same newest test split; unset: 0,
+    the new model must be strictly better."""
 
 
 class Triggers(ApiModel):
@@ -94,6 +99,8 @@ class Triggers(ApiModel):
     """Run when the referenced Dataset gets a new version."""
     on_drift: bool = True
     """Allow InferenceServices with `monitoring.drift.action: retrain` to request runs."""
+    on_quality: bool = True
+    """Allow InferenceServices whose live quality falls below `monitoring.quality` to request runs."""
 
 
 class TrainingPipelineSpec(ApiModel):
@@ -116,6 +123,8 @@ class TrainingPipelineSpec(ApiModel):
 
     dataset_ref: LocalObjectReference
     """The Dataset to train on."""
+    dataset_version: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Pin runs to one kept version of the Dataset (status.versions); unset: the newest."""
     model_name: str = Field(pattern=DNS_LABEL, max_length=40)
     """Registry name of the model; ModelVersions are named `<modelName>-v<version>`."""
     estimator: Estimator
@@ -152,6 +161,17 @@ RunPhase = Literal["Pending", "Running", "Selecting", "Registering", "Succeeded"
                    "Cancelled"]
 
 
+class Score(ApiModel):
+    """A model's score in a comparison."""
+
+    name: str | None = None
+    """The ModelVersion, for the model already serving."""
+    metric: str
+    """The pipeline's selection metric."""
+    value: float | None = None
+    """Its value on the test split of the run's dataset version."""
+
+
 class Run(ApiModel):
     """One run of a pipeline."""
 
@@ -160,7 +180,7 @@ class Run(ApiModel):
     phase: RunPhase
     """Where the run is."""
     trigger: str | None = None
-    """What started it: create, schedule, datasetChange, drift, manual."""
+    """What started it: create, specChange, schedule, datasetChange, drift, quality, requested."""
     job: str | None = None
     """The trials' Job."""
     dataset_version: str | None = None
@@ -170,7 +190,11 @@ class Run(ApiModel):
     trials_failed: int = 0
     """Trials that failed after their retries."""
     best_metrics: dict[str, float] | None = None
-    """Metrics of the best trial."""
+    """Metrics of the best trial on the held-out test split of `datasetVersion`."""
+    challenger: Score | None = None
+    """The run's model, scored on the test split of `datasetVersion`."""
+    champion: Score | None = None
+    """The model serving when the run started, scored on the same rows."""
     model_version: str | None = None
     """The ModelVersion the run produced."""
     message: str | None = None

@@ -81,11 +81,29 @@ def server_env(isvc_spec: dict[str, Any], mv: dict[str, Any], monitored: bool = 
         "KILN_MAX_LATENCY_MS": batching.get("maxLatencyMs", 2),
         # Without a sidecar every row would be counted as a dropped hand-off.
         "KILN_HANDOFF_SOCKET": f"{HANDOFF_DIR}/handoff.sock" if monitored else "off",
+        # Feedback is joined by the sidecar, which holds the answers; the server only relays it.
+        "KILN_MONITOR_URL": f"http://127.0.0.1:{MONITOR_PORT}" if monitored and isvc_spec.get("feedback") else None,
     })
 
 
 def monitor_env(isvc_spec: dict[str, Any], mv: dict[str, Any]) -> list[dict[str, str]]:
     drift = isvc_spec.get("monitoring", {}).get("drift", {})
+    logging = isvc_spec.get("logging") or {}
+    feedback = isvc_spec.get("feedback")
+    output = mv["spec"].get("signature", {}).get("output", {})
+    payload_env = {
+        "KILN_PAYLOAD_URI": logging.get("uri"),
+        "KILN_PAYLOAD_SAMPLE_RATE": logging.get("sampleRate", 1.0),
+        "KILN_PAYLOAD_FLUSH_SECONDS": logging.get("flushSeconds", 60),
+    } if logging else {}
+    feedback_env = {
+        "KILN_FEEDBACK_TTL_SECONDS": feedback.get("ttlSeconds", 3600),
+        "KILN_QUALITY_WINDOW_ROWS": feedback.get("windowRows", 1000),
+        "KILN_LABELLED_URI": feedback.get("labelledUri"),
+        # Labelled rows become training data: their label column is named as the model's target.
+        "KILN_LABEL_COLUMN": output.get("name"),
+        "KILN_TASK": "classification" if output.get("type") == "label" else "regression",
+    } if feedback is not None else {}
     return _env({
         "KILN_MODEL_NAME": mv["spec"]["modelName"],
         "KILN_MODEL_VERSION": mv["spec"]["version"],
@@ -94,6 +112,8 @@ def monitor_env(isvc_spec: dict[str, Any], mv: dict[str, Any]) -> list[dict[str,
         "KILN_MONITOR_PORT": MONITOR_PORT,
         "KILN_MONITOR_WINDOW_ROWS": drift.get("windowRows", 2000),
         "KILN_MONITOR_PSI_THRESHOLD": drift.get("psiThreshold", 0.2),
+        **payload_env,
+        **feedback_env,
     })
 
 
@@ -111,7 +131,10 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: Operato
     version_labels = {LABEL_MODEL: mv["spec"]["modelName"], LABEL_VERSION: mv["metadata"]["name"], LABEL_ROLE: role}
     meta = child_metadata(isvc, name, COMPONENT, **version_labels)
     pod_labels = {**selector(isvc), **version_labels, "app.kubernetes.io/part-of": "kiln"}
-    drift_on = spec.get("monitoring", {}).get("drift", {}).get("enabled", True) and mv["spec"].get("baselineUri")
+    # The sidecar watches drift, and is also what writes payload logs and joins feedback.
+    sidecar_work = spec.get("monitoring", {}).get("drift", {}).get("enabled", True) or spec.get("logging") \
+        or spec.get("feedback") is not None
+    drift_on = sidecar_work and mv["spec"].get("baselineUri")
     server = {
         "name": "server",
         "image": cfg.runtime_image,

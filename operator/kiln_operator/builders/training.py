@@ -91,8 +91,12 @@ def _job(owner: dict[str, Any], name: str, container: dict[str, Any], *, labels:
     }
 
 
-def validation_job(dataset: dict[str, Any], token: str, output: str, cfg: OperatorConfig) -> dict[str, Any]:
+def validation_job(dataset: dict[str, Any], token: str, output: str, cfg: OperatorConfig,
+                   keep_versions: list[str] | None = None) -> dict[str, Any]:
+    """`keep_versions`: the snapshots retention keeps; the Job deletes the others under `output`."""
     config = {"dataset": dataset["spec"], "output": output}
+    if keep_versions is not None:
+        config["keepVersions"] = keep_versions
     job = _job(dataset, validation_job_name(dataset, token),
                _container(cfg, ["validate-dataset"], config, None), labels={"kiln.dev/step": "validate"},
                extra_spec={"backoffLimit": 2})
@@ -100,18 +104,28 @@ def validation_job(dataset: dict[str, Any], token: str, output: str, cfg: Operat
 
 
 def run_config(pipeline: dict[str, Any], dataset: dict[str, Any], run_id: str, output: str,
-               production: dict[str, Any] | None, cfg: OperatorConfig) -> dict[str, Any]:
-    status = dataset.get("status") or {}
+               production: dict[str, Any] | None, cfg: OperatorConfig,
+               version: dict[str, Any] | None = None, champion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`version`: the status.versions entry to train on (its snapshot, never the moving source);
+    `champion`: the ModelVersion now serving the model, which the new one must beat on the same rows."""
+    version = version or {"version": (dataset.get("status") or {}).get("version")}
     config = {
         "dataset": dataset["spec"],
         "pipeline": pipeline["spec"],
         "output": output,
-        "datasetVersion": status.get("version"),
+        "datasetVersion": version.get("version"),
         "lineage": {"pipeline": pipeline["metadata"]["name"], "run": run_id,
-                    "dataset": dataset["metadata"]["name"], "datasetVersion": status.get("version"),
+                    "dataset": dataset["metadata"]["name"], "datasetVersion": version.get("version"),
                     "image": cfg.runtime_image},
     }
-    if production:
+    if version.get("snapshotUri") and version.get("snapshotSha256"):
+        config["datasetSnapshot"] = {"uri": version["snapshotUri"], "sha256": version["snapshotSha256"]}
+    if champion:
+        spec = champion["spec"]
+        config["champion"] = {"name": champion["metadata"]["name"], "artifact": spec["artifact"],
+                              "signature": spec["signature"],
+                              "margin": (pipeline["spec"].get("gates") or {}).get("beatProductionBy") or 0.0}
+    elif production:
         config["production"] = {"name": production["metadata"]["name"],
                                 "metrics": production["spec"].get("metrics", {})}
     return config
