@@ -81,11 +81,25 @@ INVALID = [
      _set("spec.monitoring.drift.pipelineRef", _DELETE)), ["spec.monitoring.drift.pipelineRef", "retrain"]),
     ("service batch size as text", mutate("04-inferenceservice.yaml",
      _set("spec.batching", {"maxBatchSize": "big"})), ["spec.batching.maxBatchSize"]),
+    ("window of rows and days", mutate("loop/loans-dataset.yaml",
+     _set("spec.window", {"rows": 10, "days": 2, "timestampColumn": "ts"})), ["spec.window.rows", "exactly one"]),
+    ("window of days without a timestamp column", mutate("loop/loans-dataset.yaml",
+     _set("spec.window", {"days": 2})), ["spec.window.timestampColumn"]),
+    ("checked https source", mutate("loop/loans-dataset.yaml",
+     _set("spec.source.uri", "https://example.org/loans.csv")), ["spec.source.checkIntervalSeconds"]),
+    ("pinned version not a digest", mutate("loop/loans-pipeline.yaml",
+     _set("spec.datasetVersion", "latest")), ["spec.datasetVersion"]),
+    ("quality floor without feedback", mutate("loop/loans-service.yaml",
+     _set("spec.feedback", _DELETE)), ["spec.monitoring.quality", "feedback"]),
+    ("quality floor with min and max", mutate("loop/loans-service.yaml",
+     _set("spec.monitoring.quality.max", 0.9)), ["spec.monitoring.quality.min", "exactly one"]),
+    ("payload log sample rate above 1", mutate("loop/loans-service.yaml",
+     _set("spec.logging.sampleRate", 1.5)), ["spec.logging.sampleRate"]),
 ]
 
 
 def test_examples_are_accepted(kubectl, crds, namespace):
-    kubectl.run("apply", "--dry-run=server", "-n", namespace, "-f", str(EXAMPLES))
+    kubectl.run("apply", "--dry-run=server", "-R", "-n", namespace, "-f", str(EXAMPLES))
 
 
 @pytest.mark.parametrize("case,manifest,words", INVALID, ids=[c[0] for c in INVALID])

@@ -9,7 +9,7 @@ import yaml
 from kiln_operator.api import kind_by_name
 from kiln_operator.reconcile import decide, is_news, status_patch
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("**/*.yaml"))
 
 
 def _body(path):
