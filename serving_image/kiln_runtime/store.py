@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -145,3 +146,82 @@ def exists(uri: str) -> bool:
         if code in ("404", "NoSuchKey", "NotFound"):
             return False
         raise _describe(uri, exc) from exc
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object found below a prefix."""
+
+    uri: str
+    key: str  # relative to the listed prefix, "/"-separated
+    size: int
+    modified: float  # seconds since the epoch
+    etag: str | None = None  # S3's; None for file://
+
+
+def list_objects(prefix: str, env_prefix: str = "") -> list[ObjectInfo]:
+    """Every object below `prefix` (recursively), in key order. An S3 prefix with no objects is simply
+    empty; a file:// directory that does not exist is an error (FileNotFoundError as the cause)."""
+    scheme, bucket, key = _split_prefix(prefix)
+    base = prefix if prefix.endswith("/") else prefix + "/"
+    try:
+        if scheme == "file":
+            root = Path(key)
+            if not root.is_dir():
+                raise FileNotFoundError(2, "no such directory", str(root))
+            out = []
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                st = path.stat()
+                rel = path.relative_to(root).as_posix()
+                out.append(ObjectInfo(base + rel, rel, st.st_size, st.st_mtime))
+            return out
+        client = _s3_client(env_prefix)
+        start = key if not key or key.endswith("/") else key + "/"
+        out = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(start):]
+                if not rel or rel.endswith("/"):  # "directory" placeholder objects some tools create
+                    continue
+                out.append(ObjectInfo(base + rel, rel, int(obj["Size"]), obj["LastModified"].timestamp(),
+                                      str(obj.get("ETag", "")).strip('"') or None))
+        return sorted(out, key=lambda o: o.key)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise _describe(prefix, exc) from exc
+
+
+def delete_prefix(prefix: str) -> int:
+    """Deletes every object below `prefix` (the artifact store's credentials); returns how many."""
+    scheme, bucket, key = _split_prefix(prefix)
+    if not key.strip("/"):
+        raise StoreError(f"{prefix}: refusing to delete a whole bucket or filesystem root")
+    if scheme == "file" and not Path(key).is_dir():
+        return 0
+    objects = list_objects(prefix)
+    try:
+        if scheme == "file":
+            import shutil
+
+            shutil.rmtree(key)
+            return len(objects)
+        client = _s3_client()
+        start = key if key.endswith("/") else key + "/"
+        keys = [start + o.key for o in objects]
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                         "Quiet": True})
+        return len(keys)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise _describe(prefix, exc) from exc
+
+
+def _split_prefix(prefix: str) -> tuple[str, str, str]:
+    # A prefix may name a whole bucket ("s3://bucket/"), which _split refuses for single objects.
+    parsed = urlparse(prefix)
+    if parsed.scheme == "s3" and parsed.netloc:
+        return "s3", parsed.netloc, parsed.path.lstrip("/")
+    return _split(prefix)

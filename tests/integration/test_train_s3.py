@@ -133,13 +133,17 @@ def test_validate_search_and_select_through_s3(s3, tmp_path):
     assert sel["bestTrial"] == best
 
     # Metrics equal a direct scikit-learn computation on the same split and seed.
+    # The trials score on a validation split carved from the training part; the test split is scored
+    # once, on the winner, as trained in its trial.
     params = trials[best]["params"]
     X, y = datasets.load_iris(return_X_y=True)
     y = np.asarray(datasets.load_iris().target_names)[y]
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=7, stratify=y)
-    direct = RandomForestClassifier(random_state=0, **params).fit(X_train, y_train)
+    X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=0.2, random_state=7, stratify=y_train)
+    direct = RandomForestClassifier(random_state=0, **params).fit(X_fit, y_fit)
+    assert trials[best]["score"] == accuracy_score(y_val, direct.predict(X_val))
     mv = sel["modelVersion"]
-    assert mv["metrics"]["accuracy"] == accuracy_score(y_test, direct.predict(X_test))
+    assert mv["metrics"]["accuracy"] == accuracy_score(y_test, direct.predict(X_test)) == sel["heldOut"]["accuracy"]
     assert mv["lineage"] == {"pipeline": "iris-forest", "run": "r1", "dataset": "iris", "datasetVersion": v["version"]}
 
     # The artifacts in S3 are the ones the summary names, byte for byte; skops and ONNX agree.
@@ -259,3 +263,72 @@ def test_a_dataset_with_its_own_secret_is_read_with_it_while_artifacts_go_to_the
         monkeypatch.delenv("KILN_SOURCE_AWS_ENDPOINT_URL")
         code, s = in_process("validate-dataset", dataset=elsewhere)
         assert code == 10 and s["reason"] == "SourceNotFound", s
+
+
+def test_a_growing_prefix_is_snapshotted_once_and_runs_read_the_snapshot(in_process, monkeypatch, tmp_path):
+    """A prefix of csv and parquet files on S3: validated into an immutable snapshot, written once; a
+    run trains on that snapshot after the source grew and then vanished; retention deletes through S3."""
+    import io
+
+    import pandas as pd
+
+    from kiln_runtime import store
+
+    client = in_process.s3["client"]
+    frame = pd.read_csv(io.BytesIO(in_process.data))
+    prefix = f"labelled/{tmp_path.name}/"
+    first = frame.iloc[:75].to_csv(index=False).encode()
+    buf = io.BytesIO()
+    frame.iloc[75:].assign(request_id="r", prediction="setosa").to_parquet(buf, index=False)
+    second = buf.getvalue()
+    client.put_object(Bucket=BUCKET, Key=prefix + "2024/part-0.csv", Body=first)
+    client.put_object(Bucket=BUCKET, Key=prefix + "part-1.parquet", Body=second)
+    client.put_object(Bucket=BUCKET, Key=prefix + "_SUCCESS", Body=b"")
+    ds = {**in_process.dataset, "source": {"uri": f"s3://{BUCKET}/{prefix}"}}
+    out = f"s3://{BUCKET}/datasets/{tmp_path.name}"
+
+    code, v1 = in_process("validate-dataset", dataset=ds, output=out)
+    assert code == 0 and v1["rows"] == 150 and v1["files"] == 2, v1
+    canonical = {"files": sorted([["2024/part-0.csv", sha256_hex(first)], ["part-1.parquet", sha256_hex(second)]]),
+                 "window": None}
+    assert v1["version"] == sha256_hex(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode())
+    key = v1["snapshotUri"].split("/", 3)[3]
+    assert key == f"datasets/{tmp_path.name}/versions/{v1['version']}/data.parquet"
+    assert sha256_hex(_get(in_process.s3, key)) == v1["snapshotSha256"]
+    head = client.head_object(Bucket=BUCKET, Key=key)
+    manifest = json.loads(_get(in_process.s3, key.replace("data.parquet", "manifest.json")))
+    assert [f["key"] for f in manifest["files"]] == ["2024/part-0.csv", "part-1.parquet"]
+    assert all(f["etag"] for f in manifest["files"])
+
+    writes = []
+    real = store.write_bytes
+    monkeypatch.setattr(store, "write_bytes", lambda uri, body: writes.append(uri) or real(uri, body))
+    code, again = in_process("validate-dataset", dataset=ds, output=out)
+    assert code == 0 and again["snapshotSha256"] == v1["snapshotSha256"] and writes == []
+    assert client.head_object(Bucket=BUCKET, Key=key)["ETag"] == head["ETag"]
+    assert client.head_object(Bucket=BUCKET, Key=key)["LastModified"] == head["LastModified"]
+    monkeypatch.setattr(store, "write_bytes", real)
+
+    # The source grows (a new version), then vanishes; the run for the first version still trains.
+    client.put_object(Bucket=BUCKET, Key=prefix + "part-2.csv", Body=frame.iloc[:10].to_csv(index=False).encode())
+    code, v2 = in_process("validate-dataset", dataset=ds, output=out, keepVersions=[v1["version"]])
+    assert code == 0 and v2["rows"] == 160 and v2["deletedVersions"] == []
+    for obj in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]:
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    code, s = in_process("validate-dataset", dataset=ds, output=out)
+    assert code == 10 and s["reason"] == "SourceEmpty" and f"s3://{BUCKET}/{prefix}" in s["message"]
+    run = {"dataset": ds, "datasetVersion": v1["version"], "output": f"s3://{BUCKET}/runs/{tmp_path.name}-snap",
+           "datasetSnapshot": {"uri": v1["snapshotUri"], "sha256": v1["snapshotSha256"]}}
+    code, t = in_process("trial", **run)
+    assert code == 0 and t["datasetVersion"] == v1["version"], t
+    code, sel = in_process("select", **run)
+    assert code == 0 and sel["measuredOn"]["rows"] == 38
+    assert sel["modelVersion"]["lineage"]["datasetVersion"] == v1["version"]
+
+    # Retention: a new version with keepVersions [] deletes both earlier snapshots, through S3.
+    client.put_object(Bucket=BUCKET, Key=prefix + "part-9.csv", Body=in_process.data)  # minRows 100
+    code, v3 = in_process("validate-dataset", dataset=ds, output=out, keepVersions=[])
+    assert code == 0 and v3["deletedVersions"] == sorted([v1["version"], v2["version"]])
+    left = {o["Key"].split("/")[3] for o in client.list_objects_v2(
+        Bucket=BUCKET, Prefix=f"datasets/{tmp_path.name}/versions/")["Contents"]}
+    assert left == {v3["version"]}

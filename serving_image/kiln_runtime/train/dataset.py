@@ -1,56 +1,62 @@
-"""Reading a dataset: its bytes, its version (the sha256 of those bytes) and its rows as a table.
+"""Reading a dataset: its version, its rows as a table, and where each row came from.
 
-Every column is read as text first (csv) or as stored (parquet), and typed later against the schema
-(validate.py): pandas' own type guessing would turn a stray "n/a" in a numeric column into a silently
-re-typed column instead of an error that names it.
+Two ways in. validate-dataset reads the source (one file or a prefix, sources.py), applies the window
+(window.py) and names the result by its version. A run whose configuration carries datasetSnapshot
+reads the table validate-dataset stored for that version instead (snapshot.py): the source may have
+grown or vanished since, and every trial must train on the same rows.
+
+Version: a single file without a window is the sha256 of its bytes (as before prefixes and windows
+existed, so existing versions keep their names); anything else is the sha256 of the canonical JSON
+{"files": [[key, sha256], ...] sorted by key, "window": the window or null}.
 """
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import pandas as pd
 
-from . import storeio as kio
-from .errors import DatasetChanged, InvalidData
-from .spec import DatasetSpec
-from kiln_runtime.store import SOURCE_ENV_PREFIX, sha256_hex
+from kiln_runtime.store import sha256_hex
+
+from . import sources, window
+from .errors import DatasetChanged
+from .spec import DatasetSpec, Window
+from .tables import parse_table  # noqa: F401 - the parser's long-standing home for callers
+from .validate import Failure
 
 
-@dataclass(frozen=True)
+@dataclass
 class RawDataset:
-    version: str  # sha256 of the source's bytes
+    version: str
     frame: pd.DataFrame  # every column as object: str/None for csv, native values for parquet
     size_bytes: int
+    files: list[sources.SourceFile] = field(default_factory=list)
+    origins: sources.Origins | None = None
+    failures: list[Failure] = field(default_factory=list)  # found before the validator ran
+    window: Window | None = None
+
+    def where(self, i: int) -> str:
+        return self.origins.where(i) if self.origins is not None else f"row {i + 1}"
 
 
-def parse_table(data: bytes, fmt: str, uri: str = "") -> pd.DataFrame:
-    if not data:
-        raise InvalidData(f"{uri}: the file is empty (0 bytes)")
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            frame = pq.read_table(io.BytesIO(data)).to_pandas()
-        else:
-            frame = pd.read_csv(io.BytesIO(data), dtype=object, keep_default_na=True, skipinitialspace=True)
-    except ImportError as exc:
-        raise InvalidData(f"{uri}: reading {fmt} needs pyarrow, which this image lacks") from exc
-    except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise InvalidData(f"{uri}: not a readable {fmt} file: {first}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
-    # object dtype throughout, with None for missing: the validator types each column itself.
-    return frame.astype(object).where(frame.notna(), None)
+def version_of(files: list[sources.SourceFile], win: Window | None, single: bool) -> str:
+    if single and win is None:
+        return files[0].sha256
+    canonical = {"files": sorted([f.key, f.sha256] for f in files), "window": win.wire() if win else None}
+    return sha256_hex(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode())
 
 
 def load(spec: DatasetSpec, expected_version: str | None = None) -> RawDataset:
-    data = kio.read(spec.uri, SOURCE_ENV_PREFIX)  # the Dataset's own Secret when it names one
-    version = sha256_hex(data)
+    fetched = sources.fetch(spec)
+    files = [f for f, _ in fetched]
+    version = version_of(files, spec.window, single=not spec.is_prefix)
     if expected_version and version != expected_version:
         # The source changed between validation and training: training on it would record a
         # dataset version the model was not trained on.
         raise DatasetChanged(f"{spec.uri}: content changed since validation: expected version "
                              f"{expected_version[:12]}…, found {version[:12]}…; validate the new version first")
-    return RawDataset(version=version, frame=parse_table(data, spec.format, spec.uri), size_bytes=len(data))
+    source = sources.assemble(spec, fetched)
+    frame, origins, failures = window.apply(source.frame, source.origins, spec.window)
+    return RawDataset(version=version, frame=frame, size_bytes=source.size_bytes, files=files, origins=origins,
+                      failures=source.failures + failures, window=spec.window)

@@ -3,9 +3,12 @@ scikit-learn and get the same numbers (the tests do exactly that).
 
 Split:  sklearn.model_selection.train_test_split(X, y, test_size=testFraction, random_state=seed,
         stratify=y for classifiers when every class has at least two rows, else None).
+        The test split is scored once, on the selected model only: nothing is picked by it.
+Validation (cvFolds 0): the same call on the training split, test_size=validationFraction, same seed
+        and stratification rule; the trial fits on the rest and its score is the metric on these rows.
 CV:     cvFolds >= 2 folds of the training split, StratifiedKFold (classifiers) or KFold, shuffled with
         random_state=seed; the trial's score is the mean of the metric over the folds.
-Metrics on the held-out split (classifiers):
+Metrics (classifiers):
         accuracy; f1, precision, recall with average="binary" and pos_label = the second class in sorted
         order for two classes, average="macro" otherwise (zero_division=0); roc_auc on predict_proba
         (binary: the second class's column; multiclass: one-vs-rest, macro); log_loss with
@@ -57,15 +60,23 @@ def _stratify(y: np.ndarray, task: str):
     return y if counts.min() >= 2 and counts.size >= 2 else None
 
 
-def split(X, y: np.ndarray, task: str, test_fraction: float, seed: int) -> Split:
+def split(X, y: np.ndarray, task: str, test_fraction: float, seed: int,
+          field: str = "testFraction") -> Split:
+    """(train, test) rows; `validation_split` calls it again on the train part, so `field` names
+    which fraction a split that cannot be made is about."""
     from sklearn.model_selection import train_test_split
 
     try:
         X_train, X_test, y_train, y_test = train_test_split(
             X, y, test_size=test_fraction, random_state=seed, stratify=_stratify(y, task))
     except ValueError as exc:
-        raise InvalidSpec(f"cannot split {len(y)} rows with testFraction {test_fraction}: {exc}") from exc
+        raise InvalidSpec(f"cannot split {len(y)} rows with {field} {test_fraction}: {exc}") from exc
     return Split(X_train, X_test, y_train, y_test)
+
+
+def validation_split(outer: Split, task: str, fraction: float, seed: int) -> Split:
+    """The rows a trial fits on (X_train) and is scored on (X_test), both from the training part."""
+    return split(outer.X_train, outer.y_train, task, fraction, seed, field="validationFraction")
 
 
 def _finite(value: float) -> float | None:
@@ -122,6 +133,18 @@ def score(model, X, y, task: str) -> dict[str, float]:
 
 def cross_validate(make_model, X, y: np.ndarray, task: str, folds: int, seed: int, metric: str) -> list[float]:
     """The metric on each of `folds` folds of (X, y); `make_model()` gives a fresh unfitted model."""
+    return [m[metric] for m in cross_validate_all(make_model, X, y, task, folds, seed, metric)]
+
+
+def mean_metrics(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the folds, for the metrics every fold has."""
+    names = [k for k in per_fold[0] if all(k in m for m in per_fold)]
+    return {k: float(np.mean([m[k] for m in per_fold])) for k in names}
+
+
+def cross_validate_all(make_model, X, y: np.ndarray, task: str, folds: int, seed: int,
+                       metric: str) -> list[dict[str, float]]:
+    """Every metric on each fold; `metric` must be defined on all of them (it picks the winner)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     if task == "classification" and _stratify(y, task) is not None \
@@ -134,8 +157,8 @@ def cross_validate(make_model, X, y: np.ndarray, task: str, folds: int, seed: in
     scores = []
     for train_idx, test_idx in splitter.split(X, y):
         model = make_model().fit(X.iloc[train_idx], y[train_idx])
-        value = score(model, X.iloc[test_idx], y[test_idx], task).get(metric)
-        if value is None:
+        metrics = score(model, X.iloc[test_idx], y[test_idx], task)
+        if metrics.get(metric) is None:
             raise InvalidSpec(f"metric {metric} is undefined on a cross-validation fold (too few rows per class?)")
-        scores.append(value)
+        scores.append(metrics)
     return scores

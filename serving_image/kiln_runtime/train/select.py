@@ -1,9 +1,12 @@
 """`kiln-train select`: pick the best trial, apply the quality gates, write the final artifact set.
 
+The winner is picked by the trials' validation (or cross-validation) scores; the test split is scored
+once, here, on the winner only, and that is what the gates and the champion comparison judge.
+
 Final artifacts, under <output>/model/ (nothing is written there when a gate fails):
   model.skops | model.joblib   the winning trial's model: refitted from its recorded parameters and seed
                                (or, with keepTrialModels, its stored file, digest re-checked); either
-                               way its held-out metrics must equal the trial's
+                               way it must score exactly what the trial recorded on the same rows
   model.onnx                   only when the export passed the parity check (onnx_export.py)
   signature.json  metrics.json  baseline.json
   manifest.json                written last: sha256 of every file and the ModelVersion spec fragment.
@@ -19,7 +22,7 @@ import numpy as np
 from kiln_runtime.profile import profile_column, profile_frame
 from kiln_runtime.store import sha256_hex
 
-from . import artifacts, gates, onnx_export, search, signature, trial
+from . import artifacts, champion, gates, onnx_export, search, signature, trial
 from . import storeio as kio
 from .errors import DatasetChanged, DigestMismatch, NoSuccessfulTrials, NotReproducible
 from .evaluate import better, score
@@ -66,11 +69,23 @@ def _refit(cfg: Config, prep, best: dict):
     return model
 
 
-def _same_metrics(best: dict, heldout: dict) -> None:
+def _reproduced(best: dict, prep, model) -> None:
     # The model about to be registered must be the one the trial scored: equal metrics on the same
-    # rows (to rounding, in case the pods' BLAS thread counts differ) prove it.
-    for name, value in best["metrics"].items():
-        got = heldout.get(name)
+    # rows (to rounding, in case the pods' BLAS thread counts differ) prove it. With cross-validation
+    # the trial recorded its final model's metrics on its training rows for this.
+    reproduce = best.get("reproduce") or {"on": "validation"}
+    if reproduce["on"] == "train":
+        want = reproduce["metrics"]
+        got = score(model, prep.split.X_train, prep.split.y_train, prep.task)
+    else:
+        want = best["metrics"]
+        got = score(model, prep.validation.X_test, prep.validation.y_test, prep.task)
+    _same_metrics(best, want, got)
+
+
+def _same_metrics(best: dict, want: dict, got_metrics: dict) -> None:
+    for name, value in want.items():
+        got = got_metrics.get(name)
         if got is None or not math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12):
             raise NotReproducible(f"the winning trial {best['trial']} does not reproduce: {name} was {value!r} "
                                   f"in the trial and is {got!r} now; is the estimator deterministic for a seed?")
@@ -87,14 +102,8 @@ def run(cfg: Config) -> dict:
                                  f"{first.get('trial')}: {first.get('reason')}: {first.get('message')}",
                                  details={"trials": counts, "failures": failures[:10]})
     best = best_of(results)
-    metric, metrics = best["metric"], best["metrics"]
+    metric = best["metric"]
     base.update(bestTrial=best["trial"], metric=metric, score=best["score"])
-    failed = gates.check(metrics, pipeline.gates, metric=metric, beat_production_by=pipeline.beat_production_by,
-                         production=cfg.production)
-    if failed:
-        return {**base, "result": "GateFailed", "reason": "GateFailed", "gates": failed, "metrics": metrics,
-                "params": best["searchParams"],
-                "message": "quality gate failed: " + "; ".join(g["message"] for g in failed)}
 
     # The winner's data must be the data the trials trained on.
     if cfg.dataset_version is None:
@@ -112,9 +121,31 @@ def run(cfg: Config) -> dict:
     else:
         model = _refit(cfg, prep, best)
         model_bytes = artifacts.dumps(model, fmt)
+    _reproduced(best, prep, model)
     X_test, y_test = prep.split.X_test, prep.split.y_test
-    heldout = score(model, X_test, y_test, prep.task)
-    _same_metrics(best, heldout)
+    heldout = score(model, X_test, y_test, prep.task)  # the one look at the test rows
+    selection = {**(best.get("selection") or {"on": "validation"}), **best["metrics"]}
+    measured_on = {"datasetVersion": prep.version, "split": "test", "rows": int(len(y_test)),
+                   "testFraction": pipeline.test_fraction, "seed": pipeline.seed}
+    base.update(selection=selection, heldOut=heldout, measuredOn=measured_on)
+
+    # A champion (the model now serving, scored here) replaces the stored-metrics comparison.
+    champ = cfg.champion
+    failed = gates.check(heldout, pipeline.gates, metric=metric,
+                         beat_production_by=None if champ else pipeline.beat_production_by,
+                         production=None if champ else cfg.production)
+    reason = "GateFailed"
+    if champ is not None:
+        margin = champ.margin if champ.margin is not None else (pipeline.beat_production_by or 0.0)
+        verdict = champion.judge(champ, prep, metric, heldout.get(metric), margin, prep.version)
+        base.update(champion=verdict.champion, challenger={"metric": metric, "value": heldout.get(metric)})
+        if verdict.failed:
+            failed.append(verdict.failed)
+            reason = verdict.reason
+    if failed:
+        return {**base, "result": "GateFailed", "reason": reason, "gates": failed, "metrics": heldout,
+                "params": best["searchParams"],
+                "message": "quality gate failed: " + "; ".join(g["message"] for g in failed)}
     predictions = model.predict(X_test)
 
     onnx = onnx_export.export(model, prep.features, X_test, prep.task)
@@ -135,11 +166,14 @@ def run(cfg: Config) -> dict:
         onnx_record.update(uri=uri, sha256=files["model.onnx"]["sha256"])
     else:
         onnx_record["reason"] = onnx.reason
-    metrics_doc = {"metric": metric, "score": best["score"], "heldOut": heldout, "cv": best.get("cv"),
-                   "bestTrial": best["trial"], "trials": counts,
+    metrics_doc = {"metric": metric, "score": best["score"], "selection": selection, "heldOut": heldout,
+                   "measuredOn": measured_on, "cv": best.get("cv"), "bestTrial": best["trial"], "trials": counts,
                    "allTrials": [{"trial": r["trial"], "score": r["score"], "searchParams": r["searchParams"]}
                                  for r in results],
                    "failedTrials": failures, "onnx": onnx_record}
+    for key in ("champion", "challenger"):
+        if key in base:
+            metrics_doc[key] = base[key]
     for name, doc in (("signature.json", sig), ("metrics.json", metrics_doc), ("baseline.json", baseline)):
         files[name] = {"uri": f"{out}/{name}", "sha256": kio.write_json(f"{out}/{name}", doc)}
 
@@ -167,8 +201,19 @@ def run(cfg: Config) -> dict:
                                   "trials": counts})
     return {**base, "result": "Succeeded", "manifestUri": manifest_uri, "modelVersion": model_version,
             "onnx": {k: v for k, v in onnx_record.items() if k in ("exported", "reason")},
-            "message": f"trial {best['trial']} selected: {metric} {best['score']:.6g} "
-                       f"({counts['succeeded']}/{counts['planned']} trials succeeded)"}
+            "message": f"trial {best['trial']} selected: {metric} {best['score']:.6g} on {selection['on']}, "
+                       f"{_test_value(heldout, metric)} on the test split ({len(y_test)} rows)"
+                       f"{_beaten(base)} ({counts['succeeded']}/{counts['planned']} trials succeeded)"}
+
+
+def _test_value(heldout: dict, metric: str) -> str:
+    value = heldout.get(metric)
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def _beaten(base: dict) -> str:
+    champ = base.get("champion")
+    return f", beating {champ['name']} ({champ['value']:.6g})" if champ else ""
 
 
 def _with_version(cfg: Config, version: str) -> Config:

@@ -34,5 +34,6 @@ def build(features: tuple[Column, ...], target: Column, model, task: str, onnx_i
 
 
 def for_model_version(sig: dict) -> dict:
-    """The part of signature.json that goes into ModelVersion.spec.signature."""
-    return {"inputs": sig["inputs"], "output": sig["output"]}
+    """The part of signature.json that goes into ModelVersion.spec.signature; the output names the target,
+    so labels fed back in production are written under the column the Dataset trains on."""
+    return {"inputs": sig["inputs"], "output": {**sig["output"], "name": sig["target"]}}

@@ -33,6 +33,22 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Window:
+    """Which rows of a growing source a version keeps: the newest `rows`, or those within `days` of the
+    newest value of `timestamp_column`."""
+
+    rows: int | None = None
+    days: float | None = None
+    timestamp_column: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The canonical form: part of a windowed version's identity and of the snapshot manifest."""
+        if self.rows is not None:
+            return {"rows": self.rows}
+        return {"days": self.days, "timestampColumn": self.timestamp_column}
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     uri: str
     format: str
@@ -40,6 +56,12 @@ class DatasetSpec:
     columns: tuple[Column, ...]
     min_rows: int = 1
     max_null_fraction: float = 1.0
+    window: Window | None = None
+
+    @property
+    def is_prefix(self) -> bool:
+        """A URI ending in "/" names every csv and parquet file below it, not one object."""
+        return self.uri.endswith("/")
 
     @property
     def features(self) -> tuple[Column, ...]:
@@ -67,6 +89,7 @@ class PipelineSpec:
     metric: str | None = None
     cv_folds: int = 0
     test_fraction: float = 0.2
+    validation_fraction: float = 0.2
     seed: int = 42
     gates: tuple[Gate, ...] = ()
     beat_production_by: float | None = None
@@ -76,12 +99,36 @@ class PipelineSpec:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """The validated, windowed table of one dataset version, as validate-dataset stored it."""
+
+    uri: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The model now serving, which a new model must beat on the same test rows."""
+
+    name: str
+    uri: str
+    sha256: str
+    format: str
+    allow_unsafe: bool
+    inputs: tuple[Column, ...]
+    margin: float | None  # None: the pipeline's gates.beatProductionBy, else 0 (strictly better)
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetSpec
     output: str
     pipeline: PipelineSpec | None = None
     dataset_version: str | None = None
     production: dict[str, Any] | None = None
+    dataset_snapshot: Snapshot | None = None
+    keep_versions: tuple[str, ...] | None = None
+    champion: Champion | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
     keep_trial_models: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +160,9 @@ def parse_dataset(raw: dict[str, Any]) -> DatasetSpec:
     fmt = source.get("format", "csv")
     if fmt not in ("csv", "parquet"):
         raise InvalidSpec(f"dataset.source.format must be csv or parquet, got {fmt!r}")
+    if uri.endswith("/") and not uri.startswith(("s3://", "file://")):
+        raise InvalidSpec(f"dataset.source.uri {uri}: a prefix (a URI ending in /) must be s3:// or file://; "
+                          "https:// has no listing")
     columns = []
     raw_columns = _obj(raw.get("schema"), "dataset.schema").get("columns")
     if not isinstance(raw_columns, list) or not raw_columns:
@@ -148,7 +198,31 @@ def parse_dataset(raw: dict[str, Any]) -> DatasetSpec:
     if not 0 <= max_null <= 1:
         raise InvalidSpec(f"dataset.checks.maxNullFraction must be within [0, 1], got {max_null}")
     return DatasetSpec(uri=uri, format=fmt, target=target, columns=tuple(columns),
-                       min_rows=max(1, min_rows), max_null_fraction=max_null)
+                       min_rows=max(1, min_rows), max_null_fraction=max_null,
+                       window=parse_window(raw.get("window")))
+
+
+def parse_window(raw: Any) -> Window | None:
+    if raw is None:
+        return None
+    raw = _obj(raw, "dataset.window")
+    if "rows" in raw and "days" in raw:
+        raise InvalidSpec("dataset.window takes rows or days, not both")
+    if "rows" in raw:
+        rows = _num(raw["rows"], "dataset.window.rows", integer=True)
+        if rows is None or rows < 1:
+            raise InvalidSpec(f"dataset.window.rows must be at least 1, got {raw['rows']!r}")
+        return Window(rows=rows)
+    if "days" in raw:
+        days = _num(raw["days"], "dataset.window.days")
+        if days is None or days <= 0:
+            raise InvalidSpec(f"dataset.window.days must be positive, got {raw['days']!r}")
+        column = raw.get("timestampColumn")
+        if not isinstance(column, str) or not column:
+            raise InvalidSpec("dataset.window.timestampColumn must name the column the days are counted on")
+        # An integral day count is kept as an int so {"days": 30} and {"days": 30.0} are one version.
+        return Window(days=int(days) if float(days).is_integer() else days, timestamp_column=column)
+    raise InvalidSpec("dataset.window must set rows (the newest N rows) or days with timestampColumn")
 
 
 def parse_pipeline(raw: dict[str, Any]) -> PipelineSpec:
@@ -175,6 +249,10 @@ def parse_pipeline(raw: dict[str, Any]) -> PipelineSpec:
     test_fraction = _num(evaluation.get("testFraction", 0.2), "pipeline.evaluation.testFraction")
     if not 0 < test_fraction < 1:
         raise InvalidSpec(f"pipeline.evaluation.testFraction must be within (0, 1), got {test_fraction}")
+    validation_fraction = _num(evaluation.get("validationFraction", 0.2), "pipeline.evaluation.validationFraction")
+    if not 0 < validation_fraction < 1:
+        raise InvalidSpec("pipeline.evaluation.validationFraction must be within (0, 1), got "
+                          f"{validation_fraction}")
     seed = _num(evaluation.get("seed", 42), "pipeline.evaluation.seed", integer=True)
     gates_raw = _obj(raw.get("gates"), "pipeline.gates")
     gates = []
@@ -199,7 +277,8 @@ def parse_pipeline(raw: dict[str, Any]) -> PipelineSpec:
         raise InvalidSpec(f"pipeline.search.metric must be a metric name, got {metric!r}")
     return PipelineSpec(
         estimator=name, params=dict(params), strategy=strategy, space=dict(space), trials=trials,
-        metric=metric, cv_folds=cv, test_fraction=test_fraction, seed=seed, gates=tuple(gates),
+        metric=metric, cv_folds=cv, test_fraction=test_fraction,
+        validation_fraction=validation_fraction, seed=seed, gates=tuple(gates),
         beat_production_by=_num(gates_raw.get("beatProductionBy"), "pipeline.gates.beatProductionBy"),
         artifact_format=fmt, allow_unsafe_artifacts=unsafe,
         model_name=raw.get("modelName") if isinstance(raw.get("modelName"), str) else None,
@@ -229,10 +308,70 @@ def parse(raw: Any, *, needs_pipeline: bool) -> Config:
         production = _obj(production, "production")
         if not isinstance(production.get("metrics", {}), dict):
             raise InvalidSpec("production.metrics must be an object of metric name to value")
-    return Config(dataset=dataset, output=output.rstrip("/"), pipeline=pipeline,
-                  dataset_version=version.lower().removeprefix("sha256:") if version else None,
-                  production=production, lineage=_obj(raw.get("lineage"), "lineage"),
+    version = _digest(version) if version else None
+    snapshot = _snapshot(raw.get("datasetSnapshot"))
+    if snapshot is not None and version is None:
+        raise InvalidSpec("datasetSnapshot needs datasetVersion: the version the snapshot holds")
+    return Config(dataset=dataset, output=output.rstrip("/"), pipeline=pipeline, dataset_version=version,
+                  production=production, dataset_snapshot=snapshot, keep_versions=_keep(raw.get("keepVersions")),
+                  champion=_champion(raw.get("champion")), lineage=_obj(raw.get("lineage"), "lineage"),
                   keep_trial_models=bool(raw.get("keepTrialModels", False)), raw=raw)
+
+
+def _digest(value: str) -> str:
+    return value.strip().lower().removeprefix("sha256:")
+
+
+def _snapshot(raw: Any) -> Snapshot | None:
+    if raw is None:
+        return None
+    raw = _obj(raw, "datasetSnapshot")
+    uri, digest = raw.get("uri"), raw.get("sha256")
+    if not isinstance(uri, str) or "://" not in uri:
+        raise InvalidSpec(f"datasetSnapshot.uri must be a store URI, got {uri!r}")
+    if not isinstance(digest, str) or len(_digest(digest)) != 64:
+        raise InvalidSpec(f"datasetSnapshot.sha256 must be a sha256 digest, got {digest!r}")
+    return Snapshot(uri=uri, sha256=_digest(digest))
+
+
+def _keep(raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise InvalidSpec("keepVersions must be a list of dataset versions (sha256 strings)")
+    return tuple(_digest(v) for v in raw)
+
+
+def _champion(raw: Any) -> Champion | None:
+    if raw is None:
+        return None
+    raw = _obj(raw, "champion")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidSpec("champion.name must name the ModelVersion now serving")
+    artifact = _obj(raw.get("artifact"), "champion.artifact")
+    uri, digest, fmt = artifact.get("uri"), artifact.get("sha256"), artifact.get("format", "skops")
+    if not isinstance(uri, str) or "://" not in uri:
+        raise InvalidSpec(f"champion.artifact.uri must be a store URI, got {uri!r}")
+    if not isinstance(digest, str) or not digest:
+        raise InvalidSpec("champion.artifact.sha256 must be the artifact's digest")
+    if not isinstance(fmt, str):
+        raise InvalidSpec(f"champion.artifact.format must be skops or joblib, got {fmt!r}")
+    inputs = []
+    raw_inputs = _obj(raw.get("signature"), "champion.signature").get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidSpec("champion.signature.inputs must list the champion's input columns")
+    for i, col in enumerate(raw_inputs):
+        col = _obj(col, f"champion.signature.inputs[{i}]")
+        if not isinstance(col.get("name"), str) or col.get("type") not in COLUMN_TYPES:
+            raise InvalidSpec(f"champion.signature.inputs[{i}] needs a name and a type "
+                              f"({', '.join(COLUMN_TYPES)})")
+        inputs.append(Column(name=col["name"], type=col["type"]))
+    margin = _num(raw.get("margin"), "champion.margin")
+    if margin is not None and margin < 0:
+        raise InvalidSpec(f"champion.margin must be zero or positive, got {raw.get('margin')!r}")
+    return Champion(name=name, uri=uri, sha256=_digest(digest), format=fmt,
+                    allow_unsafe=bool(artifact.get("allowUnsafe", False)), inputs=tuple(inputs), margin=margin)
 
 
 def load_raw(path: str | None, env: dict[str, str] | None = None) -> Any:

@@ -104,6 +104,21 @@ def exists(uri: str) -> bool:
         raise _classify(uri, exc, "read") from exc
 
 
+def list_objects(prefix: str, env_prefix: str = "") -> list[store.ObjectInfo]:
+    """Every object below `prefix`; `env_prefix` as for read()."""
+    try:
+        return store.list_objects(prefix, env_prefix)
+    except store.StoreError as exc:
+        raise _classify(prefix, exc, "list") from exc
+
+
+def delete_prefix(prefix: str) -> int:
+    try:
+        return store.delete_prefix(prefix)
+    except store.StoreError as exc:
+        raise _classify(prefix, exc, "delete") from exc
+
+
 def dumps(obj) -> str:
     """Compact JSON in insertion order (deterministic: the code builds every dict in a fixed order), never
     sorted: a profile's column order is the signature's, and the monitor keeps the first N columns."""

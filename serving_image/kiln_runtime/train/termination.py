@@ -17,7 +17,8 @@ PATH_ENV = "KILN_TERMINATION_LOG"
 DEFAULT_PATH = "/dev/termination-log"
 LIMIT = 4096
 # Dropped in this order when the summary is too large; the operator finds them in the store.
-SHRINK_ORDER = ("traceback", "params", "metrics", "gates", "modelVersion.params", "modelVersion.signature",
+SHRINK_ORDER = ("traceback", "params", "metrics", "selection", "heldOut", "champion.metrics", "gates",
+                "modelVersion.params", "modelVersion.signature",
                 "onnx", "modelVersion.metrics", "failures")
 
 
@@ -57,7 +58,7 @@ def fit(summary: dict, limit: int = LIMIT) -> bytes:
     if len(data) > limit:
         # Last resort: the fields the operator cannot do without, with the message cut to fit.
         keep = {k: out[k] for k in ("v", "command", "result", "reason", "trial", "version", "rows",
-                                    "profileUri", "manifestUri") if k in out}
+                                    "profileUri", "snapshotUri", "snapshotSha256", "manifestUri") if k in out}
         keep["truncated"] = ["*"]
         room = limit - len(_encode({**keep, "message": ""})) - 8
         keep["message"] = str(out.get("message", ""))[:max(0, room)]

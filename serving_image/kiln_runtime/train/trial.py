@@ -1,7 +1,8 @@
 """`kiln-train trial`: train and score one trial of a run (one completion of the Indexed Job).
 
 Writes, under <output>/trials/<index>/:
-  result.json                     params, metrics, score; written last, so its presence means the
+  result.json                     params, metrics and score on the validation split (or the
+                                  cross-validation folds); written last, so its presence means the
                                   trial is complete
   model.skops (or model.joblib)   the fitted pipeline, only with `keepTrialModels: true`
   error.json                      instead of result.json when the trial failed (best effort)
@@ -9,7 +10,7 @@ Writes, under <output>/trials/<index>/:
 Trial models are not kept by default: serialising with skops costs more than most fits (importing
 skops alone takes a second or more, and a 100-tree forest another second to write), and only the
 winner is ever used; the selection step refits it from its recorded parameters and seed instead, and
-checks that the refit scores exactly what the trial reported.
+checks that the refit scores exactly what the trial reported. No trial sees the test split.
 """
 
 from __future__ import annotations
@@ -69,7 +70,11 @@ def _jsonable(params: dict) -> dict:
 
 
 def train(cfg: Config, prep: Prepared, index: int, search_params: dict) -> tuple[dict, object]:
-    """Fits and scores one trial: result.json's content (without the model's location) and the model."""
+    """Fits and scores one trial: result.json's content (without the model's location) and the model.
+
+    Never touches the test split: a trial is scored on the validation rows (cvFolds 0) or by
+    cross-validation inside the training part, and the selection step scores the test rows once, on
+    the winner. `reproduce` records what the selection step must find again from the same model."""
     pipeline = cfg.pipeline
     user_params = {**pipeline.params, **search_params}
     params = estimators.effective_params(pipeline.estimator, user_params, pipeline.seed)
@@ -83,23 +88,38 @@ def train(cfg: Config, prep: Prepared, index: int, search_params: dict) -> tuple
         warnings.simplefilter("always")
         cv = None
         if pipeline.cv_folds >= 2:
-            scores = evaluate.cross_validate(lambda: _Fitting(fresh(), pipeline.estimator, user_params), sp.X_train,
-                                             sp.y_train, prep.task, pipeline.cv_folds, pipeline.seed, prep.metric)
+            folds = evaluate.cross_validate_all(lambda: _Fitting(fresh(), pipeline.estimator, user_params),
+                                                sp.X_train, sp.y_train, prep.task, pipeline.cv_folds,
+                                                pipeline.seed, prep.metric)
+            scores = [f[prep.metric] for f in folds]
             cv = {"folds": pipeline.cv_folds, "scores": scores, "mean": float(np.mean(scores))}
-        model = fit(fresh(), sp.X_train, sp.y_train, pipeline.estimator, user_params)
-        train_seconds = time.perf_counter() - started  # cross-validation included
-        metrics = evaluate.score(model, sp.X_test, sp.y_test, prep.task)
+            model = fit(fresh(), sp.X_train, sp.y_train, pipeline.estimator, user_params)
+            train_seconds = time.perf_counter() - started  # cross-validation included
+            metrics = evaluate.mean_metrics(folds)
+            selection = {"on": "cv", "rows": int(len(sp.y_train)), "folds": pipeline.cv_folds}
+            # Refitting the folds would cost the selection step k fits: the final model's metrics on
+            # its own training rows identify it as well.
+            reproduce = {"on": "train", "metrics": evaluate.score(model, sp.X_train, sp.y_train, prep.task)}
+            rows = {"train": int(len(sp.y_train)), "test": int(len(sp.y_test))}
+        else:
+            val = prep.validation
+            model = fit(fresh(), val.X_train, val.y_train, pipeline.estimator, user_params)
+            train_seconds = time.perf_counter() - started
+            metrics = evaluate.score(model, val.X_test, val.y_test, prep.task)
+            selection = {"on": "validation", "rows": int(len(val.y_test))}
+            reproduce = {"on": "validation", "metrics": metrics}
+            rows = {"train": int(len(val.y_train)), "validation": int(len(val.y_test)), "test": int(len(sp.y_test))}
     if prep.metric not in metrics:
-        raise InvalidSpec(f"metric {prep.metric} could not be computed for {pipeline.estimator} on the held-out "
-                          "split (roc_auc and log_loss need predict_proba; roc_auc needs every class present)")
+        raise InvalidSpec(f"metric {prep.metric} could not be computed for {pipeline.estimator} on the "
+                          f"{'validation split' if cv is None else 'cross-validation folds'} (roc_auc and "
+                          "log_loss need predict_proba; roc_auc needs every class present)")
     messages = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}" for w in caught})
     return {
         "trial": index, "estimator": pipeline.estimator, "task": prep.task,
         "searchParams": _jsonable(search_params), "params": _jsonable(params),
-        "metric": prep.metric, "metrics": metrics,
+        "metric": prep.metric, "metrics": metrics, "selection": selection, "reproduce": reproduce,
         "score": cv["mean"] if cv else metrics[prep.metric], "cv": cv,
-        "datasetVersion": prep.version, "seed": pipeline.seed,
-        "rows": {"train": int(len(sp.y_train)), "test": int(len(sp.y_test))},
+        "datasetVersion": prep.version, "seed": pipeline.seed, "rows": rows,
         "trainSeconds": round(train_seconds, 4), "warnings": messages[:5], "sklearnVersion": _sklearn_version(),
     }, model
 
@@ -152,9 +172,9 @@ def run(cfg: Config, index: int) -> dict:
         _record_error(prefix, index, "TrainerCrashed", f"{type(exc).__name__}: {exc}")
         raise
     return {**summary, "result": "Succeeded", "metric": result["metric"], "score": result["score"],
-            "metrics": result["metrics"], "params": result["searchParams"], "resultUri": result_uri,
-            "datasetVersion": result["datasetVersion"],
-            "message": f"trial {index}: {result['metric']} {result['score']:.6g}"}
+            "metrics": result["metrics"], "selection": result["selection"], "params": result["searchParams"],
+            "resultUri": result_uri, "datasetVersion": result["datasetVersion"],
+            "message": f"trial {index}: {result['metric']} {result['score']:.6g} on {result['selection']['on']}"}
 
 
 def _record_error(prefix: str, index: int, reason: str, message: str) -> None:

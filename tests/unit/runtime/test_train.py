@@ -34,30 +34,41 @@ def _direct_split(name, seed, fraction, stratify=True):
     return train_test_split(X, y, test_size=fraction, random_state=seed, stratify=y if stratify else None)
 
 
+def _direct_validation(name, seed, fraction, validation=0.2, stratify=True):
+    """(X_fit, X_val, y_fit, y_val, X_test, y_test): the test split, then the validation split carved from
+    the training part with the same seed, as documented in evaluate.py."""
+    X_train, X_test, y_train, y_test = _direct_split(name, seed, fraction, stratify)
+    X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=validation, random_state=seed,
+                                                  stratify=y_train if stratify else None)
+    return X_fit, X_val, y_fit, y_val, X_test, y_test
+
+
 def test_trial_metrics_match_scikit_learn_and_rerun_is_reproducible(tmp_path, run_cli):
     cfg = _config(tmp_path, "iris", pipeline("RandomForestClassifier", {"n_estimators": 30},
                                              space={"max_depth": [2, 3]}, trials=2, strategy="grid"),
                   keepTrialModels=True)
     out = run_cli("trial", cfg, index=1)
     assert out.code == 0 and out.summary["result"] == "Succeeded" and out.summary["params"] == {"max_depth": 3}
-    X_train, X_test, y_train, y_test = _direct_split("iris", 7, 0.25)
-    direct = RandomForestClassifier(n_estimators=30, max_depth=3, random_state=7).fit(X_train, y_train)
-    pred, proba = direct.predict(X_test), direct.predict_proba(X_test)
-    want = {"accuracy": m.accuracy_score(y_test, pred),
-            "f1": m.f1_score(y_test, pred, average="macro"),
-            "precision": m.precision_score(y_test, pred, average="macro"),
-            "recall": m.recall_score(y_test, pred, average="macro"),
-            "log_loss": m.log_loss(y_test, proba, labels=direct.classes_),
-            "roc_auc": m.roc_auc_score(y_test, proba, multi_class="ovr")}
+    # The trial fits on the training part minus its validation rows and is scored on those rows only.
+    X_fit, X_val, y_fit, y_val, X_test, _ = _direct_validation("iris", 7, 0.25)
+    direct = RandomForestClassifier(n_estimators=30, max_depth=3, random_state=7).fit(X_fit, y_fit)
+    pred, proba = direct.predict(X_val), direct.predict_proba(X_val)
+    want = {"accuracy": m.accuracy_score(y_val, pred),
+            "f1": m.f1_score(y_val, pred, average="macro"),
+            "precision": m.precision_score(y_val, pred, average="macro"),
+            "recall": m.recall_score(y_val, pred, average="macro"),
+            "log_loss": m.log_loss(y_val, proba, labels=direct.classes_),
+            "roc_auc": m.roc_auc_score(y_val, proba, multi_class="ovr")}
     assert out.summary["metrics"] == pytest.approx(want, abs=1e-12)
     result = _read(out.summary["resultUri"])
     assert result["params"] == {"n_estimators": 30, "max_depth": 3, "random_state": 7}
-    assert result["rows"] == {"train": 112, "test": 38} and len(result["datasetVersion"]) == 64
+    assert result["rows"] == {"train": 89, "validation": 23, "test": 38} and len(result["datasetVersion"]) == 64
+    assert result["selection"] == {"on": "validation", "rows": 23}
 
     again = run_cli("trial", {**cfg, "output": f"file://{tmp_path}/again"}, index=1)
     assert again.summary["metrics"] == out.summary["metrics"]
     assert artifacts.loads(Path(f"{tmp_path}/again/trials/1/model.skops").read_bytes(), "skops").predict(X_test) \
-        .tolist() == pred.tolist()
+        .tolist() == direct.predict(X_test).tolist()
 
 
 def test_binary_classification_with_cross_validation_matches_scikit_learn(tmp_path, run_cli):
@@ -72,21 +83,28 @@ def test_binary_classification_with_cross_validation_matches_scikit_learn(tmp_pa
     result = _read(out.summary["resultUri"])
     assert result["cv"]["scores"] == pytest.approx(cv.tolist(), abs=1e-12)
     assert out.summary["score"] == pytest.approx(cv.mean(), abs=1e-12)
+    # The trial's metrics are fold means: it never scores the test rows.
+    f1 = cross_val_score(direct, X_train, y_train, scoring="f1", cv=StratifiedKFold(3, shuffle=True, random_state=1))
+    assert out.summary["metrics"]["f1"] == pytest.approx(f1.mean(), abs=1e-12)
+    assert result["selection"] == {"on": "cv", "rows": len(y_train), "folds": 3}
+    # select scores them once, on the winner trained on the whole training part.
+    sel = run_cli("select", cfg).summary
     direct.fit(X_train, y_train)
     pred = direct.predict(X_test)
-    assert out.summary["metrics"]["f1"] == pytest.approx(m.f1_score(y_test, pred, pos_label=1), abs=1e-12)
-    assert out.summary["metrics"]["roc_auc"] == pytest.approx(
+    assert sel["heldOut"]["f1"] == pytest.approx(m.f1_score(y_test, pred, pos_label=1), abs=1e-12)
+    assert sel["heldOut"]["roc_auc"] == pytest.approx(
         m.roc_auc_score(y_test, direct.predict_proba(X_test)[:, 1]), abs=1e-12)
+    assert sel["selection"]["on"] == "cv" and sel["selection"]["roc_auc"] == pytest.approx(cv.mean(), abs=1e-12)
 
 
 def test_regression_metrics_match_scikit_learn(tmp_path, run_cli):
     cfg = _config(tmp_path, "diabetes", pipeline("Ridge", {"alpha": 0.5}, metric="rmse", seed=3))
     out = run_cli("trial", cfg, index=0)
-    X_train, X_test, y_train, y_test = _direct_split("diabetes", 3, 0.25, stratify=False)
-    pred = make_pipeline(StandardScaler(), Ridge(alpha=0.5, random_state=3)).fit(X_train, y_train).predict(X_test)
-    assert out.summary["metrics"] == pytest.approx({"rmse": math.sqrt(m.mean_squared_error(y_test, pred)),
-                                                    "mae": m.mean_absolute_error(y_test, pred),
-                                                    "r2": m.r2_score(y_test, pred)}, abs=1e-9)
+    X_fit, X_val, y_fit, y_val, _, _ = _direct_validation("diabetes", 3, 0.25, stratify=False)
+    pred = make_pipeline(StandardScaler(), Ridge(alpha=0.5, random_state=3)).fit(X_fit, y_fit).predict(X_val)
+    assert out.summary["metrics"] == pytest.approx({"rmse": math.sqrt(m.mean_squared_error(y_val, pred)),
+                                                    "mae": m.mean_absolute_error(y_val, pred),
+                                                    "r2": m.r2_score(y_val, pred)}, abs=1e-9)
 
 
 def test_a_regressors_onnx_parity_is_recorded_in_the_model_version(tmp_path, run_cli):
@@ -116,7 +134,8 @@ def test_select_writes_the_verified_artifact_set(tmp_path, run_cli):
         assert sha256_hex(Path(entry["uri"].removeprefix("file://")).read_bytes()) == entry["sha256"], name
     assert mv["artifact"]["format"] == "skops" and mv["artifact"]["uri"].endswith("/model/model.skops")
     assert mv["artifact"]["onnx"]["parityVerified"] and mv["artifact"]["onnx"]["maxProbabilityError"] <= 1e-4
-    assert mv["signature"]["output"] == {"type": "label", "classes": ["setosa", "versicolor", "virginica"]}
+    assert mv["signature"]["output"] == {"type": "label", "classes": ["setosa", "versicolor", "virginica"],
+                                         "name": "target"}
     assert [i["name"] for i in mv["signature"]["inputs"]][:2] == ["sepal_length_cm", "sepal_width_cm"]
     assert mv["lineage"] == {"pipeline": "p", "run": "r1", "image": "kiln-runtime:dev",
                              "datasetVersion": manifest["modelVersion"]["lineage"]["datasetVersion"]}
@@ -126,11 +145,21 @@ def test_select_writes_the_verified_artifact_set(tmp_path, run_cli):
     assert baseline["predictions"]["type"] == "category" and baseline["predictions"]["count"] == 38
     sig = _read(manifest["files"]["signature.json"]["uri"])
     assert sig["onnx"]["outputs"] == {"label": "label", "probabilities": "probabilities"}
-    assert mv["metrics"] == _read(f"file://{tmp_path}/run/trials/1/result.json")["metrics"]  # refit == trial
+    # Registered metrics are the winner's on the test split, which no trial saw; the trial's are on validation.
+    X_fit, X_val, y_fit, y_val, X_test, y_test = _direct_validation("iris", 7, 0.25)
+    direct = RandomForestClassifier(n_estimators=20, max_depth=4, random_state=7).fit(X_fit, y_fit)
+    assert mv["metrics"]["accuracy"] == m.accuracy_score(y_test, direct.predict(X_test)) == s["heldOut"]["accuracy"]
+    trial_result = _read(f"file://{tmp_path}/run/trials/1/result.json")
+    assert trial_result["metrics"]["accuracy"] == m.accuracy_score(y_val, direct.predict(X_val))
+    assert s["selection"] == {"on": "validation", "rows": 23, **trial_result["metrics"]}
+    assert s["measuredOn"] == {"datasetVersion": mv["lineage"]["datasetVersion"], "split": "test", "rows": 38,
+                               "testFraction": 0.25, "seed": 7}
     assert not (tmp_path / "run/trials/1/model.skops").exists()  # trial models are not kept by default
 
     # The recorded parity holds when checked independently on the same held-out rows.
     metrics_doc = _read(manifest["files"]["metrics.json"]["uri"])
+    assert (metrics_doc["selection"], metrics_doc["heldOut"], metrics_doc["measuredOn"]) == \
+        (s["selection"], mv["metrics"], s["measuredOn"])
     assert metrics_doc["onnx"]["parity"] == manifest["onnx"]["parity"]
     assert metrics_doc["onnx"]["parity"]["rows"] == 38 and metrics_doc["onnx"]["parity"]["labelsMismatched"] == 0
     model = artifacts.loads(Path(mv["artifact"]["uri"].removeprefix("file://")).read_bytes(), "skops")
