@@ -3,6 +3,7 @@
 
     python benchmarks/serving.py            # the full run (~25 min): prints the tables and the targets
     python benchmarks/serving.py --quick    # a smoke run (~3 min): logistic regression, 1 row, c=1 and 64
+    python benchmarks/serving.py --only payload   # payload logging on vs off, then rows stored vs answered
 
 Each server in turn is pinned to core 0 (taskset), wrk to core 1, loopback only. Servers:
 - floor: benchmarks/floor_server.py (uvloop + httptools, V1 JSON parsed, onnxruntime on the rows);
@@ -10,6 +11,9 @@ Each server in turn is pinned to core 0 (taskset), wrk to core 1, loopback only.
   its socket has no listener, so frames are built and sent and the kernel refuses them);
 - kiln+monitor: the same with a kiln-monitor sidecar bound to the hand-off socket, receiving every
   row (pinned to core 1 with the load generator: in a pod it is another container);
+- kiln+payload: kiln+monitor with payload logging at 100% sampling (KILN_PAYLOAD_URI on a file://
+  store); after its figures a graceful stop (SIGTERM to both), then the rows in the store (read back
+  with pyarrow) are compared with the rows kiln-serve answered (kiln_predictions_total);
 - mlserver-batch / mlserver: MLServer 1.7.1 + mlserver-sklearn, adaptive batching (32, 5 ms) on/off;
 - kserve: KServe 0.21's Python model server with a sklearnserver-style model.
 MLServer speaks V2 only and the floor V1 only. Models (tests/serve_models.py): a logistic regression
@@ -94,6 +98,7 @@ SERVERS = {
     "floor": ServerKind("floor", ("v1",), "/"),
     "kiln": ServerKind("kiln", ("v1", "v2"), "/v2/health/ready"),
     "kiln+monitor": ServerKind("kiln+monitor", ("v1", "v2"), "/v2/health/ready"),
+    "kiln+payload": ServerKind("kiln+payload", ("v1", "v2"), "/v2/health/ready"),
     "mlserver-batch": ServerKind("mlserver-batch", ("v2",), "/v2/health/ready", "mlserver"),
     "mlserver": ServerKind("mlserver", ("v2",), "/v2/health/ready", "mlserver"),
     "kserve": ServerKind("kserve", ("v1", "v2"), "/v1/models/m", "kserve"),
@@ -113,11 +118,13 @@ def start(kind: ServerKind, files: serve_models.ModelFiles, workdir: Path, log) 
     elif kind.name.startswith("kiln"):
         handoff = workdir / "handoff.sock"
         env.update(files.env(), KILN_PORT=str(port), KILN_HOST="127.0.0.1", KILN_HANDOFF_SOCKET=str(handoff))
-        if kind.name == "kiln+monitor":
+        if kind.name in ("kiln+monitor", "kiln+payload"):
             baseline = workdir / "baseline.json"
             baseline.write_text(json.dumps(_baseline(files)))
             menv = {**env, "KILN_BASELINE_URI": baseline.as_uri(), "KILN_MONITOR_PORT": str(free_port()),
                     "KILN_MONITOR_HOST": "127.0.0.1"}
+            if kind.name == "kiln+payload":
+                menv.update(KILN_PAYLOAD_URI=(workdir / "payload").as_uri(), KILN_PAYLOAD_SAMPLE_RATE="1")
             procs.append(subprocess.Popen(pinned(LOAD_CORE, [KILN_PY, "-m", "kiln_runtime.monitor"]),
                                           env=menv, stdout=log, stderr=subprocess.STDOUT))
             _wait_for(lambda: handoff.exists(), 60, "kiln-monitor's hand-off socket")
@@ -438,11 +445,42 @@ def targets(figs: list[Figure]) -> list[tuple[str, bool | None, str]]:
                 ok = k64.rps >= 3 * mls.rps and k64.p99_ms <= 0.5 * mls.p99_ms
                 out.append((f"{m} {p} c64 (issue 5): >= 3x MLServer-with-batching req/s, p99 <= half of it", ok,
                             f"p99 {k64.p99_ms:.2f} vs {mls.p99_ms:.2f} ms"))
+            logged = find(figs, "kiln+payload", m, p, 1, 64)
+            plain = find(figs, "kiln+monitor", m, p, 1, 64)
+            if logged and plain and logged.valid and plain.valid:
+                out.append((f"{m} {p} c64: payload logging (100%) >= 90% of the sidecar without it",
+                            logged.rps >= 0.9 * plain.rps,
+                            f"{logged.rps / plain.rps:.2f} ({logged.rps:.0f} vs {plain.rps:.0f} req/s)"))
             side = find(figs, "kiln+monitor", m, p, 1, 64)
             if side and k64 and side.valid and k64.valid:
                 out.append((f"{m} {p} c64: with the sidecar >= 90% of without", side.rps >= 0.9 * k64.rps,
                             f"{side.rps / k64.rps:.0%} ({side.rps:.0f} vs {k64.rps:.0f})"))
     return out
+
+
+def answered_rows(port: int) -> tuple[int, int]:
+    """(rows kiln-serve predicted, rows its hand-off dropped), from its /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    rows = dropped = 0
+    for line in text.splitlines():
+        if line.startswith("kiln_predictions_total{"):
+            rows += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("kiln_handoff_rows_total{") and 'outcome="dropped"' in line:
+            dropped = int(float(line.rsplit(" ", 1)[1]))
+    return rows, dropped
+
+
+def stored_rows(directory: Path) -> tuple[int, int]:
+    """(rows, files) of the Parquet payload log under `directory`, read back with pyarrow."""
+    import pyarrow.dataset as ds
+
+    if not directory.exists():
+        return 0, 0
+    dataset = ds.dataset(directory, format="parquet", partitioning="hive")
+    return dataset.count_rows(), len(dataset.files)
 
 
 # --- main -------------------------------------------------------------------------------------------------
@@ -455,7 +493,13 @@ def main() -> int:
     ap.add_argument("--models", help="comma-separated subset of lr,rf")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--no-setup", action="store_true", help="do not install wrk and the peers' venvs")
+    ap.add_argument("--only", choices=["payload"],
+                    help="payload: only kiln+monitor vs kiln+payload (lr, 1 row, c=64) and the stored-rows check")
     args = ap.parse_args()
+    if args.only == "payload":
+        args.servers = args.servers or "kiln+monitor,kiln+payload"
+        args.models = args.models or "lr"
+        args.no_setup = True
     if (os.cpu_count() or 1) < 2:
         print("needs two cores: one for the servers, one for the load generator", file=sys.stderr)
         return 2
@@ -468,13 +512,14 @@ def main() -> int:
     duration = args.duration or (3.0 if args.quick else 10.0)
     models = (args.models or ("lr" if args.quick else "lr,rf")).split(",")
     server_names = (args.servers or ",".join(SERVERS)).split(",")
-    row_counts = (1,) if args.quick else (1, 32)
-    concurrencies = (1, 64) if args.quick else (1, 16, 64)
+    row_counts = (1,) if (args.quick or args.only) else (1, 32)
+    concurrencies = (64,) if args.only else (1, 64) if args.quick else (1, 16, 64)
     print(f"# kiln serving benchmark: {', '.join(models)} x {', '.join(server_names)}; rows {row_counts}; "
           f"concurrency {concurrencies}; {duration:g} s per figure; servers on core {SERVER_CORE}, wrk on core "
           f"{LOAD_CORE}; load average at start {os.getloadavg()[0]:.2f}", flush=True)
     figs: list[Figure] = []
     floors: list[tuple] = []
+    stores: list[tuple] = []  # (model, rows answered, hand-off drops, rows stored, files)
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmpdir:
         tmp = Path(tmpdir)
         for model in models:
@@ -508,14 +553,25 @@ def main() -> int:
                         for protocol in kind.protocols:
                             for rows in row_counts:
                                 for conc in concurrencies:
-                                    if name == "kiln+monitor" and (rows, conc) != (1, 64):
-                                        continue  # the sidecar target is c=64, one row
+                                    if name in ("kiln+monitor", "kiln+payload") and (rows, conc) != (1, 64):
+                                        continue  # the sidecar targets are c=64, one row
                                     fig = measure(kind, files, running, protocol, rows, conc, duration, tmp)
                                     figs.append(fig)
                                     print(f"  {model} {name:15} {protocol} rows={rows:<2} c={conc:<2} "
                                           f"{fig.rps:9.0f} req/s  p50 {fig.p50_ms:7.2f} ms  p99 {fig.p99_ms:8.2f} ms  "
                                           f"RSS {fig.rss_mb:4.0f} MB  {fig.per_cpu_s:6.0f} req/CPU-s "
                                           f"{'' if fig.valid else 'INVALID'}", flush=True)
+                        if name == "kiln+monitor":
+                            answered, dropped = answered_rows(running.port)
+                            print(f"  {model} kiln+monitor: {answered} rows answered, {dropped} dropped by the "
+                                  "hand-off (the sidecar shares the load generator's core)", flush=True)
+                        if name == "kiln+payload":
+                            answered, dropped = answered_rows(running.port)
+                            running.stop()  # SIGTERM to both: the monitor flushes its buffer before exiting
+                            stored, nfiles = stored_rows(workdir / "payload")
+                            stores.append((model, answered, dropped, stored, nfiles))
+                            print(f"  {model} kiln+payload graceful stop: {answered} rows answered, {dropped} dropped "
+                                  f"by the hand-off, {stored} rows in {nfiles} Parquet files", flush=True)
                     finally:
                         running.stop()
     report(figs)
@@ -523,6 +579,13 @@ def main() -> int:
     for model, rows, floor in floors:
         print(f"  {model} {rows:>2} row(s): " + ", ".join(f"{k} {v:.0f} us" for k, v in floor.items()))
     results = targets(figs)
+    for model, answered, dropped, stored, nfiles in stores:
+        results.append((f"{model} payload log after a graceful stop: rows stored == rows answered",
+                        stored == answered, f"{stored} stored ({nfiles} files) vs {answered} answered; "
+                        f"{dropped} dropped by the hand-off (counted by kiln-serve)"))
+        results.append((f"{model} payload log after a graceful stop: rows stored == rows the monitor received "
+                        "(answered - hand-off drops)", stored == answered - dropped,
+                        f"{stored} vs {answered - dropped}"))
     print("\nIssue 10 targets (measured in this run):")
     for label, ok, detail in results:
         print(f"  [{'met' if ok else 'MISSED'}] {label}: {detail}")

@@ -37,6 +37,18 @@ def monitor(model: str = "m", version: str = "1") -> str:
     counters.rows_dropped["model_mismatch"] = 3
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DriftCollector((model, version), lambda: report, lambda: counters, 1000))
+    from kiln_runtime.monitor.feedback import FeedbackStore
+    from kiln_runtime.monitor.metrics import LoopCollector
+    from kiln_runtime.monitor.payload_log import ParquetLog
+    from kiln_runtime.monitor.quality import Quality
+    quality = Quality(10)
+    quality.extend([1, 0], [1, 1])
+    log = ParquetLog("file:///nowhere", model, version, "00000000", flush_rows=1, flush_seconds=1, buffer_rows=1)
+    log.rows_written, log.files_written = 5, 1
+    log.rows_dropped["buffer_full"] = 1
+    feedback = FeedbackStore(quality)
+    feedback.labels_total["joined"] = 2
+    registry.register(LoopCollector((model, version), log, log, feedback, quality))
     return generate_latest(registry).decode()
 
 

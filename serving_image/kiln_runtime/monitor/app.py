@@ -2,7 +2,10 @@
 
 Threads: the main thread receives datagrams (the hot path, alone on its loop); an evaluator thread
 recomputes the report every interval from a snapshot of the windows; the HTTP server answers on
-its own threads from the last report. SIGTERM or SIGINT stops all three within about a second.
+its own threads from the last report (and joins feedback); a writer thread per Parquet log uploads
+payloads and labelled rows. SIGTERM or SIGINT stops them: the receiver first reads what is still
+queued on the socket (and what kiln-serve sends while it drains), then the HTTP server stops, then
+the logs write everything buffered, so every received (and sampled) row is in the store.
 """
 
 from __future__ import annotations
@@ -13,14 +16,20 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from prometheus_client import CollectorRegistry
+
+from kiln_runtime.handoff import process_token
 
 from . import baseline as baseline_mod
 from . import config as config_mod
 from . import endpoints
 from .evaluate import evaluate
-from .metrics import DriftCollector
+from .feedback import FeedbackStore
+from .metrics import DriftCollector, LoopCollector
+from .payload_log import FrameBlock, ParquetLog, sampled
+from .quality import Quality
 from .receiver import Counters, Receiver, bind
 from .window import Windows
 
@@ -38,6 +47,17 @@ class Monitor:
         self.error: str | None = None
         self.http_port: int | None = None
         self._drifting: tuple[str, ...] = ()
+        # The data loop: built at start (they hold no threads until started), fed once rows arrive.
+        token = process_token()
+        common = dict(flush_rows=cfg.payload_flush_rows, flush_seconds=cfg.payload_flush_seconds,
+                      buffer_rows=cfg.payload_buffer_rows)
+        self.payload = ParquetLog(cfg.payload_uri, cfg.model, cfg.version, token, what="payload",
+                                  **common) if cfg.payload_uri else None
+        self.labelled = ParquetLog(cfg.labelled_uri, cfg.model, cfg.version, token, what="labelled",
+                                   **common) if cfg.labelled_uri else None
+        self.quality = Quality(cfg.quality_window_rows, cfg.task)
+        self.feedback = FeedbackStore(self.quality, cfg.feedback_ttl_seconds, cfg.feedback_max_rows,
+                                      self.labelled, cfg.label_column)
 
     # --- what the endpoints read ---------------------------------------------------------------
     def drift(self) -> tuple[int, dict]:
@@ -45,7 +65,21 @@ class Monitor:
             status = "loading baseline" if self.baseline is None else "starting"
             return 503, {"model": self.cfg.model, "version": self.cfg.version, "status": status,
                          "error": self.error}
-        return 200, self.report
+        # Live sections are read now, not at the last evaluation: labels count as soon as joined.
+        report = dict(self.report, quality=self.quality.snapshot(), feedback=self.feedback.stats())
+        if self.payload is not None:
+            report["payload"] = self.payload.stats()
+        if self.labelled is not None:
+            report["labelled"] = self.labelled.stats()
+        return 200, report
+
+    def post_feedback(self, body: bytes) -> tuple[int, dict]:
+        if self.counters is None:
+            return 503, {"error": "feedback is not accepted yet: the monitor is loading its baseline"}
+        return self.feedback.handle(body)
+
+    def _log_payload(self, frame) -> None:
+        self.payload.add(FrameBlock(frame, sampled(frame, self.cfg.payload_sample_rate), time.time()))
 
     def ready(self) -> bool:
         return self.counters is not None
@@ -95,7 +129,10 @@ class Monitor:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(DriftCollector((cfg.model, cfg.version), lambda: self.report,
                                          lambda: self.counters, cfg.window_rows))
-        server = endpoints.serve(cfg.host, cfg.port, endpoints.make_handler(registry, self.drift, self.ready))
+        registry.register(LoopCollector((cfg.model, cfg.version), self.payload, self.labelled, self.feedback,
+                                        self.quality))
+        server = endpoints.serve(cfg.host, cfg.port, endpoints.make_handler(registry, self.drift, self.ready,
+                                                                            self.post_feedback))
         self.http_port = server.server_port
         log.info("kiln-monitor for %s version %s: http on %s:%d", cfg.model, cfg.version, cfg.host, self.http_port)
         sock = None
@@ -106,9 +143,18 @@ class Monitor:
             self.error = None
             self.windows = Windows(self.baseline, cfg.window_rows)
             counters = Counters()
+            sinks = [self.feedback.add]
+            if self.payload is not None:
+                sinks.append(self._log_payload)
+                self.payload.start()
+                log.info("payload log: %s (sampling %g, flush every %g s or %d rows)", cfg.payload_uri,
+                         cfg.payload_sample_rate, cfg.payload_flush_seconds, cfg.payload_flush_rows)
+            if self.labelled is not None:
+                self.labelled.start()
+                log.info("labelled rows: %s (label column %r)", cfg.labelled_uri, cfg.label_column)
             # "unknown" means the operator did not say: accept frames of any model and version.
             receiver = Receiver(self.windows, None if cfg.model == "unknown" else cfg.model,
-                                None if cfg.version == "unknown" else cfg.version, counters)
+                                None if cfg.version == "unknown" else cfg.version, counters, sinks)
             sock = bind(cfg.socket_path)
             self.counters = counters
             self.evaluate_once()  # an (empty) report from the start, so /drift never 503s once ready
@@ -116,6 +162,8 @@ class Monitor:
             log.info("receiving on %s: %d features, window %d rows, evaluation every %g s",
                      cfg.socket_path, len(self.baseline.features), cfg.window_rows, cfg.interval_seconds)
             receiver.run(sock, self.stop)
+            drained = receiver.drain(sock)
+            log.info("stopping: read %d more datagrams after the stop", drained)
             return 0
         finally:
             self.stop.set()
@@ -127,6 +175,11 @@ class Monitor:
                     pass
             server.shutdown()
             server.server_close()
+            for plog in (self.payload, self.labelled):
+                if plog is not None:
+                    plog.stop()
+                    log.info("%s log: %d rows in %d files written, %d dropped %s", plog.what, plog.rows_written,
+                             plog.files_written, sum(plog.rows_dropped.values()), dict(plog.rows_dropped))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,18 @@ class Config:
     host: str
     port: int
     max_features: int
+    # The data loop (payload logging, feedback, live quality); every field has a default.
+    payload_uri: str | None = None  # None: payload logging off
+    payload_sample_rate: float = 1.0
+    payload_flush_seconds: float = 60.0
+    payload_flush_rows: int = 50_000
+    payload_buffer_rows: int = 200_000
+    labelled_uri: str | None = None  # None: joined rows are not written
+    label_column: str = "label"
+    feedback_ttl_seconds: float = 3600.0
+    feedback_max_rows: int = 200_000
+    task: str | None = None  # classification | regression; None: decided from the predictions
+    quality_window_rows: int = 1000
 
 
 def _get(env: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -52,6 +64,17 @@ def _number(env: Mapping[str, str], name: str, default, cast, lo, hi=None):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
         raise ConfigError(f"{name}={raw!r}: must be {bound}")
     return value
+
+
+def _uri(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if not (value.startswith("s3://") or value.startswith("file://")):
+        raise ConfigError(f"{name}={value!r}: expected an s3://bucket/prefix or file:///path prefix")
+    if value.startswith("s3://") and not value[5:].split("/", 1)[0]:
+        raise ConfigError(f"{name}={value!r}: the s3 URI has no bucket")
+    return value.rstrip("/")
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Config:
@@ -76,4 +99,26 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         host=_get(env, "KILN_MONITOR_HOST", "0.0.0.0"),
         port=_number(env, "KILN_MONITOR_PORT", 9180, int, 0, 65535),
         max_features=_number(env, "KILN_MONITOR_MAX_FEATURES", 100, int, 1, 1000),
+        **data_loop(env),
+    )
+
+
+def data_loop(env: Mapping[str, str]) -> dict:
+    task = env.get("KILN_TASK", "").strip().lower() or None
+    if task not in (None, "classification", "regression"):
+        raise ConfigError(f"KILN_TASK={task!r}: use classification or regression")
+    label = _get(env, "KILN_LABEL_COLUMN", "label")
+    flush_rows = _number(env, "KILN_PAYLOAD_FLUSH_ROWS", 50_000, int, 1, 10_000_000)
+    return dict(
+        payload_uri=_uri(env, "KILN_PAYLOAD_URI"),
+        payload_sample_rate=_number(env, "KILN_PAYLOAD_SAMPLE_RATE", 1.0, float, 0.0, 1.0),
+        payload_flush_seconds=_number(env, "KILN_PAYLOAD_FLUSH_SECONDS", 60.0, float, 0.05, 86400.0),
+        payload_flush_rows=flush_rows,
+        payload_buffer_rows=_number(env, "KILN_PAYLOAD_BUFFER_ROWS", max(200_000, flush_rows), int, 1, 100_000_000),
+        labelled_uri=_uri(env, "KILN_LABELLED_URI"),
+        label_column=label,
+        feedback_ttl_seconds=_number(env, "KILN_FEEDBACK_TTL_SECONDS", 3600.0, float, 1.0, 30 * 86400.0),
+        feedback_max_rows=_number(env, "KILN_FEEDBACK_MAX_ROWS", 200_000, int, 0, 100_000_000),
+        task=task,
+        quality_window_rows=_number(env, "KILN_QUALITY_WINDOW_ROWS", 1000, int, 1, 10_000_000),
     )

@@ -120,3 +120,53 @@ class DriftCollector:
             for reason, value in sorted(dict(table).items()):
                 m.add_metric([*base, reason], value)
             yield m
+
+
+class LoopCollector:
+    """The data loop's series: payload log, feedback outcomes, live quality (docs/metrics.md)."""
+
+    def __init__(self, labels: tuple[str, str], payload=None, labelled=None, feedback=None, quality=None):
+        self.model, self.version = labels
+        self.payload, self.labelled, self.feedback, self.quality = payload, labelled, feedback, quality
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        names, base = ["model", "version"], [self.model, self.version]
+        for prefix, log, what in (("kiln_payload", self.payload, "served rows"),
+                                  ("kiln_labelled", self.labelled, "labelled rows")):
+            if log is None:
+                continue
+            m = CounterMetricFamily(f"{prefix}_rows_written", f"{what.capitalize()} written to the store as Parquet.",
+                                    labels=names)
+            m.add_metric(base, log.rows_written)
+            yield m
+            m = CounterMetricFamily(f"{prefix}_files_written", f"Parquet files of {what} written.", labels=names)
+            m.add_metric(base, log.files_written)
+            yield m
+            m = CounterMetricFamily(f"{prefix}_rows_dropped",
+                                    f"{what.capitalize()} not written, by reason (buffer_full, store_error, "
+                                    "error, stopped).", labels=[*names, "reason"])
+            for reason, value in sorted(dict(log.rows_dropped).items()):
+                m.add_metric([*base, reason], value)
+            yield m
+        if self.feedback is not None:
+            m = CounterMetricFamily("kiln_feedback_labels", "Labels received as feedback, by outcome "
+                                    "(joined, unknown, expired, duplicate, invalid, misdirected).",
+                                    labels=[*names, "result"])
+            totals = dict(self.feedback.labels_total)
+            for result in ("joined", "unknown", "expired", "duplicate", "invalid", "misdirected"):
+                m.add_metric([*base, result], totals.get(result, 0))
+            yield m
+        if self.quality is not None:
+            snap = self.quality.snapshot()
+            g = GaugeMetricFamily("kiln_live_quality", "Model quality over the last labelled rows "
+                                  "(accuracy and f1, or mae and rmse).", labels=[*names, "metric"])
+            for metric, value in sorted(snap["metrics"].items()):
+                g.add_metric([*base, metric], value)
+            yield g
+            g = GaugeMetricFamily("kiln_live_quality_rows", "Labelled rows the live quality is computed over.",
+                                  labels=names)
+            g.add_metric(base, snap["rows"])
+            yield g

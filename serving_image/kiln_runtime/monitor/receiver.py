@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 
-from kiln_runtime.handoff import FrameError, decode_frame
+from kiln_runtime.handoff import Frame, FrameError, decode_frame
 
 from .window import Windows
 
@@ -63,10 +63,25 @@ def bind(path: str) -> socket.socket:
     return sock
 
 
+def detach(frame: Frame) -> Frame:
+    """A copy of the frame that no longer aliases the receive buffer, for consumers that keep it."""
+    preds = frame.predictions
+    return Frame(frame.model, frame.version, frame.numeric, frame.matrix.copy(),
+                 preds if preds.dtype == object else preds.copy(), frame.categorical, frame.requests)
+
+
+# After a stop, datagrams keep being read until none came for this long: kiln-serve, stopped by the
+# same SIGTERM, sends its last rows when its own drain ends (its hand-off timer ticks every 0.5 s).
+DRAIN_QUIET_SECONDS = 1.0
+DRAIN_MAX_SECONDS = 20.0
+
+
 class Receiver:
     def __init__(self, windows: Windows, model: str | None, version: str | None,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, sinks=()):
         self.windows = windows
+        # Consumers of every ingested frame (payload log, feedback store), given a detached copy.
+        self.sinks = tuple(sinks)
         # None accepts any model or version (a sidecar configured without them).
         self.model, self.version = model, version
         self.counters = counters or Counters()
@@ -105,6 +120,13 @@ class Receiver:
             return
         c.frames_received += 1
         c.rows_received += frame.rows
+        if self.sinks:
+            kept = detach(frame)
+            for sink in self.sinks:
+                try:
+                    sink(kept)
+                except Exception as exc:  # a consumer's fault costs its copy of the rows, not ingest
+                    self._log_rarely("a frame consumer failed: %s", exc, expected=False)
 
     def _log_rarely(self, message: str, *args, expected: bool) -> None:
         # A sender stuck on bad input would otherwise flood the log: one line per 10 s at most.
@@ -131,3 +153,24 @@ class Receiver:
             # The frame's arrays alias `buf`; ingest copies them into the rings before the next
             # receive overwrites it, so no per-datagram allocation is needed.
             self.handle(view[:n])
+
+    def drain(self, sock: socket.socket, quiet: float = DRAIN_QUIET_SECONDS,
+              limit: float = DRAIN_MAX_SECONDS) -> int:
+        """After a stop: reads datagrams already queued, and those still arriving, until none came
+        for `quiet` seconds (or `limit` passed). Returns the datagrams read."""
+        buf = bytearray(MAX_DATAGRAM)
+        view = memoryview(buf)
+        deadline = time.monotonic() + limit
+        count = 0
+        sock.settimeout(quiet)
+        while time.monotonic() < deadline:
+            try:
+                n = sock.recv_into(buf)
+            except TimeoutError:
+                break
+            except OSError as exc:
+                log.warning("receive failed while draining: %s", exc)
+                break
+            self.handle(view[:n])
+            count += 1
+        return count

@@ -19,6 +19,7 @@ from .errors import BadRequest, ClientError, MethodNotAllowed, NotFound
 from .http import JSON_HEADERS
 from .metrics import V1, V2
 from .openapi import document as openapi_document
+from .request_ids import RequestIds
 from .signature import BOOLEAN, CATEGORY, INTEGER
 
 log = logging.getLogger("kiln.serve")
@@ -32,8 +33,13 @@ def _allow(methods: str) -> bytes:
 
 
 class App:
-    def __init__(self, settings, sig, runtime, metrics, drift, loop, server_version: str):
+    def __init__(self, settings, sig, runtime, metrics, drift, loop, server_version: str,
+                 request_ids: RequestIds | None = None, feedback=None):
         self.name, self.version = settings.model_name, settings.model_version
+        self.ids = request_ids or RequestIds()
+        self._choose_id = self.ids.choose
+        self._v2_head, self._v2_tail = codec_v2.id_prefix_parts(self.name, self.version)
+        self.feedback = feedback  # serve.feedback.Relay, or None when no monitor URL is set
         self.sig, self.runtime, self.metrics, self.drift = sig, runtime, metrics, drift
         self.max_payload = settings.max_payload_bytes
         self.connections: set = set()
@@ -74,6 +80,7 @@ class App:
             conn.fail(slot, 500, "internal error")
 
     def _v1_predict(self, conn, slot, body: bytes) -> None:
+        slot.rid = self._choose_id(slot.client_id)
         rows, x, n, proba = self._v1_decode(body, self.sig)
         if proba and not self.runtime.has_proba:
             raise BadRequest("this model has no probabilities (a regressor, or a classifier without "
@@ -81,7 +88,12 @@ class App:
         self._submit(Item(conn, slot, rows, x, n, _v1_encode, proba, "instances"))
 
     def _v2_infer(self, conn, slot, body: bytes, header_len) -> None:
+        header_id = slot.client_id
+        slot.rid = self._choose_id(header_id)  # an answer to a bad request carries an id too
         rows, x, n, proba, ctx = self.v2.decode(body, header_len)
+        if ctx.body_id is not None and slot.rid is not header_id:  # the header's id, if sane, wins
+            slot.rid = self._choose_id(None, ctx.body_id)
+        ctx.prefix = self._v2_head + slot.rid + self._v2_tail
         self._submit(Item(conn, slot, rows, x, n, _v2_encode, proba, "inputs[0].data", ctx))
 
     def _route(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
@@ -164,6 +176,13 @@ class App:
             if method != b"POST":
                 raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
             self._v2_infer(conn, slot, body, header_len)
+        elif parts == [b"feedback"]:
+            if method != b"POST":
+                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            if self.feedback is None:
+                conn.fail(slot, 503, "feedback is not available on this server")
+                return
+            self.feedback.handle(conn, slot, body)
         elif parts == [b"config"]:
             self._get(method)
             conn.respond(slot, 200, self._static[b"v2-config"])
@@ -214,7 +233,8 @@ class App:
             b"/metrics": b"",
             b"/": dumps({"name": "kiln-serve", "model": self.name, "version": self.version,
                          "endpoints": ["/v1/models", f"/v1/models/{self.name}:predict", "/v2",
-                                       f"/v2/models/{self.name}/infer", "/metrics", "/openapi.json"]}),
+                                       f"/v2/models/{self.name}/infer", f"/v2/models/{self.name}/feedback",
+                                       "/metrics", "/openapi.json"]}),
         }
 
     # --- shutdown -----------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class Batcher:
     def _answer(self, batch, x, labels, probs, seconds) -> None:
         self.metrics.batch(len(x), seconds, labels)
         if self.drift is not None:
-            self.drift.record(x, labels)
+            self.drift.record(x, labels, batch)
         offset = 0
         for it in batch:
             end = offset + it.n

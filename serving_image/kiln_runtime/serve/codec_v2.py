@@ -64,11 +64,19 @@ def datatype_of(array: np.ndarray) -> str:
 class V2Context:
     """What the answer needs from the request: its id and the outputs asked for."""
 
-    __slots__ = ("prefix", "outputs")
+    __slots__ = ("prefix", "outputs", "body_id")
 
-    def __init__(self, prefix: bytes, outputs):
+    def __init__(self, prefix: bytes, outputs, body_id: str | None = None):
         self.prefix = prefix
         self.outputs = outputs  # None: predict as JSON; else [(requested name, canonical, binary)]
+        self.body_id = body_id  # the request's own `id`, a candidate for the request id
+
+
+def id_prefix_parts(model: str, version: str) -> tuple[bytes, bytes]:
+    """The answer's head around its id: head + id + tail. The id is a sane token (request_ids), so
+    it goes in without JSON escaping."""
+    return (b'{"model_name":' + _dumps(model) + b',"model_version":' + _dumps(version) + b',"id":"',
+            b'","outputs":[')
 
 
 def response_prefix(model: str, version: str, request_id=None) -> bytes:
@@ -117,7 +125,7 @@ class Decoder:
         if request_id is not None and type(request_id) is not str:
             raise BadRequest("'id' must be a string")
         prefix = self.prefix if request_id is None else response_prefix(self.model, self.version, request_id)
-        ctx = V2Context(prefix, outputs)
+        ctx = V2Context(prefix, outputs, request_id)
         tensors = self._tensors(inputs, binary)
         sig = self.sig
         if len(tensors) == 1:

@@ -4,9 +4,14 @@ The batcher already holds every served row as one matrix and every prediction as
 hand-off costs two list appends per batch (`HandoffSender.add`); frames are built and sent when 256
 rows have gathered or when the timer fires, never per request. The datagram send itself never
 blocks (see kiln_runtime.handoff).
+
+Each batch also hands over which request each row answered and when (one run per request, one
+clock read per batch), so the monitor can log payloads and join feedback by request id.
 """
 
 from __future__ import annotations
+
+from time import time
 
 import numpy as np
 
@@ -28,9 +33,14 @@ class DriftTap:
                                     frame_rows=frame_rows)
         self._timer = None
 
-    def record(self, x: np.ndarray, predictions: np.ndarray) -> None:
+    def record(self, x: np.ndarray, predictions: np.ndarray, items=None) -> None:
+        """`items`: the batch's requests in row order (batching.Item: slot.rid and n)."""
+        requests = None
+        if items is not None:
+            now = round(time(), 3)
+            requests = [(None if it.slot.rid is None else it.slot.rid.decode(), it.n, now) for it in items]
         if self._all_numeric and x.dtype == np.float64:
-            self.sender.add(x, predictions)
+            self.sender.add(x, predictions, None, requests)
             return
         # Mixed types: numbers (null -> NaN) in the matrix, categories and booleans by name.
         numeric = x[:, self._numeric_idx]
@@ -38,7 +48,7 @@ class DriftTap:
             numeric = np.array([[np.nan if v is None else v for v in row] for row in numeric.tolist()],
                                dtype=np.float64).reshape(len(x), len(self._numeric_idx))
         categorical = {name: x[:, j].tolist() for name, j in self._categorical}
-        self.sender.add(numeric, predictions, categorical)
+        self.sender.add(numeric, predictions, categorical, requests)
 
     def start(self, loop) -> None:
         def tick():

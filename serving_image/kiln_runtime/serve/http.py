@@ -19,8 +19,9 @@ import orjson
 from .errors import PayloadTooLarge
 
 REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
-           500: "Internal Server Error", 503: "Service Unavailable"}
+           409: "Conflict", 410: "Gone", 411: "Length Required", 413: "Payload Too Large",
+           415: "Unsupported Media Type", 421: "Misdirected Request", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
 _CLOSE = b"connection: close\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -34,18 +35,20 @@ _MAX_PENDING = 64  # pipelined requests per connection before reading pauses
 class Slot:
     """One request's place in its connection's response order."""
 
-    __slots__ = ("data", "keep_alive", "protocol", "t0")
+    __slots__ = ("data", "keep_alive", "protocol", "t0", "client_id", "rid")
 
-    def __init__(self, keep_alive: bool, protocol: int, t0: float):
+    def __init__(self, keep_alive: bool, protocol: int, t0: float, client_id: bytes | None = None):
         self.data = None
         self.keep_alive = keep_alive
         self.protocol = protocol
         self.t0 = t0
+        self.client_id = client_id  # the X-Request-Id header as sent, unchecked
+        self.rid = None  # the id the answer carries (inference routes set it)
 
 
 class Connection(asyncio.Protocol):
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "header_len", "expect",
-                 "discard", "pending", "paused", "closing", "t0", "max_payload", "reading")
+                 "discard", "pending", "paused", "closing", "t0", "max_payload", "reading", "request_id")
 
     def __init__(self, app):
         self.app = app
@@ -63,6 +66,7 @@ class Connection(asyncio.Protocol):
         self.body = []
         self.size = 0
         self.header_len = None
+        self.request_id = None
         self.expect = False
         self.discard = False
 
@@ -118,6 +122,8 @@ class Connection(asyncio.Protocol):
         elif n == 6:
             if name.lower() == b"expect" and value.lower() == b"100-continue":
                 self.expect = True
+        elif n == 12 and name.lower() == b"x-request-id":
+            self.request_id = value
         elif n == 31 and name.lower() == b"inference-header-content-length":
             self.header_len = value
 
@@ -148,7 +154,7 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         parser = self.parser
-        slot = Slot(parser.should_keep_alive(), 2, self.t0)
+        slot = Slot(parser.should_keep_alive(), 2, self.t0, self.request_id)
         self.pending.append(slot)
         if len(self.pending) > _MAX_PENDING:
             self._pause()
@@ -174,8 +180,10 @@ class Connection(asyncio.Protocol):
             return
         # Draining: answer every request already read, closing after the last of them.
         keep = slot.keep_alive and not (app.draining and self.pending and self.pending[-1] is slot)
+        rid = slot.rid
         slot.data = b"".join((_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Error\r\n".encode(),
-                              headers, b"content-length: ", str(len(body)).encode(), b"\r\n",
+                              headers, b"x-request-id: " + rid + b"\r\n" if rid is not None else b"",
+                              b"content-length: ", str(len(body)).encode(), b"\r\n",
                               b"\r\n" if keep else _CLOSE + b"\r\n", body))
         slot.keep_alive = keep
         pending = self.pending

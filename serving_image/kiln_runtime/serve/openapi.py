@@ -50,6 +50,12 @@ def document(model: str, version: str, sig: Signature, has_proba: bool) -> dict:
             "name": {"type": "string", "enum": outputs},
             "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}}
 
+    feedback_item = {"type": "object", "required": ["id", "labels"], "properties": {
+        "id": {"type": "string", "description": "the answer's X-Request-Id"},
+        "labels": {"type": "array", "minItems": 1, "description": "one label per row of that request"}}}
+    feedback_request = {"oneOf": [feedback_item, {"type": "object", "required": ["feedback"], "properties": {
+        "feedback": {"type": "array", "minItems": 1, "items": feedback_item}}}]}
+
     def get(summary: str, ok: dict = json_ok, params=None) -> dict:
         op = {"summary": summary, "responses": {"200": ok, "404": error, "405": error}}
         if params:
@@ -62,6 +68,9 @@ def document(model: str, version: str, sig: Signature, has_proba: bool) -> dict:
                                          "content": {"application/json": {"schema": schema}}},
                          "responses": {"200": json_ok, **errors}}}
 
+    feedback_op = post("Labels for answered requests, joined by request id (relayed to kiln-monitor)",
+                       feedback_request)
+    feedback_op["post"]["responses"].update({"409": error, "410": error, "421": error, "503": error})
     return {
         "openapi": "3.0.3",
         "info": {"title": f"kiln-serve: {model}", "version": version,
@@ -76,6 +85,7 @@ def document(model: str, version: str, sig: Signature, has_proba: bool) -> dict:
             "/v2/models/{model_name}": get("Model metadata (V2)", params=[model_param]),
             "/v2/models/{model_name}/ready": get("Model readiness (V2)", params=[model_param]),
             "/v2/models/{model_name}/infer": post("Inference (Open Inference Protocol V2)", v2_request),
+            "/v2/models/{model_name}/feedback": feedback_op,
             "/metrics": get("Prometheus metrics", ok={"description": "OK", "content": {
                 "text/plain": {"schema": {"type": "string"}}}}),
         },

@@ -24,8 +24,10 @@ from . import loader
 from .app import App
 from .drift import DriftTap
 from .errors import LoadError
+from .feedback import Relay
 from .http import Connection
 from .metrics import Metrics, SharedRows
+from .request_ids import RequestIds, server_token
 
 log = logging.getLogger("kiln.serve")
 
@@ -64,7 +66,9 @@ def serve_worker(settings, artifacts, version: str, reuse_port: bool = False,
         drift = DriftTap(settings.handoff_socket, settings.model_name, settings.model_version,
                          artifacts.signature, settings.handoff_frame_rows)
         metrics.handoff = drift.sender
-    app = App(settings, artifacts.signature, runtime, metrics, drift, loop, version)
+    relay = Relay(settings.monitor_url, drift.sender.flush if drift is not None else None)
+    app = App(settings, artifacts.signature, runtime, metrics, drift, loop, version,
+              RequestIds(server_token(slot)), relay)
     # Everything built so far lives as long as the process: move it out of the garbage collector's
     # reach, so collections triggered by per-request objects do not rescan the model and libraries.
     gc.collect()

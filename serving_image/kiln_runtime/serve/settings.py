@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from kiln_runtime.handoff import DEFAULT_SOCKET
 
@@ -41,6 +42,7 @@ class Settings:
     handoff_frame_rows: int
     shutdown_timeout_s: float
     log_level: str
+    monitor_url: str | None = None  # kiln-monitor's HTTP base URL, for the feedback route
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -117,6 +119,16 @@ def load(env: dict[str, str] | None = None) -> Settings:
     log_level = _get(env, "LOG_LEVEL", "info").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{PREFIX}LOG_LEVEL={log_level!r}: use debug, info, warning or error")
+    monitor_url = (env.get(PREFIX + "MONITOR_URL") or "").strip() or None
+    if monitor_url is not None:
+        parsed = urlparse(monitor_url)
+        try:
+            parsed.port
+        except ValueError:
+            raise SettingsError(f"{PREFIX}MONITOR_URL={monitor_url!r} has a bad port") from None
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise SettingsError(f"{PREFIX}MONITOR_URL={monitor_url!r}: expected http://host:port "
+                                "(the sidecar on localhost)")
     return Settings(
         model_name=_get(env, "MODEL_NAME"),
         model_version=_get(env, "MODEL_VERSION", "1"),
@@ -138,4 +150,5 @@ def load(env: dict[str, str] | None = None) -> Settings:
         handoff_frame_rows=_int(env, "HANDOFF_FRAME_ROWS", 256, 1, 1 << 20),
         shutdown_timeout_s=_float(env, "SHUTDOWN_TIMEOUT_S", 25.0, 0.0, 3600.0),
         log_level=log_level,
+        monitor_url=monitor_url,
     )
