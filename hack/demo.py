@@ -1,5 +1,6 @@
-"""The whole loop on the local cluster, step by step: data -> training -> registry -> serving -> drift ->
-retraining -> the new version served. `make demo` runs it after starting the cluster and the artifact
+"""The whole loop on the local cluster, step by step: data -> training -> registry -> serving -> payload
+logs and feedback -> drift and a live-quality drop -> retraining on the newest data -> a better model
+served. `make demo` runs it after starting the cluster and the artifact
 store; the end-to-end test runs it too and checks what it leaves behind.
 
 Everything happens the way a user would do it: `kubectl apply` of the examples, HTTP requests to the
@@ -12,7 +13,6 @@ import argparse
 import io
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -20,12 +20,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loans_data  # noqa: E402  (hack/, beside this script)
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KILN_CACHE", Path.home() / ".cache/kiln"))
 KUBECONFIG = CACHE / "state/kubeconfig"
 NAMESPACE = "kiln-demo"
-FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-SHIFTED = "petal_length"
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]  # iris, for --upload-only
+MODEL = "loans"
 T0 = time.monotonic()
 
 
@@ -135,7 +138,9 @@ def upload_data(endpoint: str) -> None:
 # --- the operator ----------------------------------------------------------------------------------
 
 def start_operator(endpoint: str, log: Path) -> subprocess.Popen:
+    # The operator lists growing sources with its own store identity.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KILN_S3_ENDPOINT": endpoint,
+           "AWS_ACCESS_KEY_ID": "kiln-demo", "AWS_SECRET_ACCESS_KEY": "kiln-demo",
            "KILN_ARTIFACT_ROOT": "s3://kiln/artifacts", "KILN_STORE_SECRET": "kiln-store",
            "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'serving_image'}"}
     out = log.open("a")
@@ -149,44 +154,66 @@ def start_operator(endpoint: str, log: Path) -> subprocess.Popen:
 
 # --- traffic ---------------------------------------------------------------------------------------
 
-def predict(url: str, rows: list[list[float]]) -> list:
-    request = urllib.request.Request(f"{url}/v1/models/iris:predict", method="POST",
-                                     data=json.dumps({"instances": rows}).encode(),
+def post(url: str, body: dict) -> tuple[dict, str]:
+    request = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)["predictions"]
+        return json.load(answer), answer.headers.get("X-Request-Id", "")
 
 
-def send_traffic(url: str, rows: int, shift: float = 0.0, batch: int = 25) -> list:
-    """Rows drawn from the training data; `shift` moves one feature."""
-    frame = iris_frame()
-    rng = random.Random(len(frame) + rows)
+def predict(url: str, rows: list[list[float]]) -> tuple[list, str]:
+    answer, request_id = post(f"{url}/v1/models/{MODEL}:predict", {"instances": rows})
+    return answer["predictions"], request_id
+
+
+def serve_period(url: str, which: int, rows: int, seed: int, feedback: bool = True, batch: int = 20) -> float:
+    """Sends a period's rows as a client would, and the true outcomes afterwards with each answer's
+    request id (the feedback a loan system sends once it knows). Returns the answers' accuracy."""
+    frame = loans_data.period(which, rows, seed)
     predictions = []
     for start in range(0, rows, batch):
-        sample = []
-        for _ in range(min(batch, rows - start)):
-            row = frame.iloc[rng.randrange(len(frame))]
-            # Exact rows of the training data: iris is measured in steps of 0.1 cm, and the baseline's
-            # quantile bins have their edges on those values, so jitter alone would read as drift.
-            values = [float(row[f]) for f in FEATURES]
-            values[FEATURES.index(SHIFTED)] += shift
-            sample.append([round(v, 3) for v in values])
-        predictions += predict(url, sample)
-    return predictions
+        part = frame.iloc[start:start + batch]
+        answer, request_id = predict(url, part[loans_data.FEATURES].values.tolist())
+        predictions += answer
+        if feedback:
+            joined, _ = post(f"{url}/v2/models/{MODEL}/feedback",
+                             {"id": request_id, "labels": part[loans_data.TARGET].tolist()})
+            if joined.get("joined") != len(part):
+                raise StepFailed(f"feedback for {request_id} was not joined: {joined}")
+    return loans_data.accuracy(predictions, frame[loans_data.TARGET].tolist())
 
 
 def service_url() -> str:
-    svc = get("service", "iris")
+    svc = get("service", MODEL)
     return f"http://{svc['spec']['clusterIP']}:80"
 
 
-def drift_condition(status: str, timeout: float) -> dict:
+def condition_is(type_: str, status: str, timeout: float) -> dict:
     def check():
-        isvc = get("inferenceservice", "iris")
-        found = condition(isvc, "DriftDetected")
+        found = condition(get("inferenceservice", MODEL), type_)
         done = found if found.get("status") == status else None
-        return done, f"DriftDetected={found.get('status', '?')} {found.get('reason', '')}: {found.get('message', '')}"
-    return wait(f"DriftDetected={status}", check, timeout, every=3)
+        return done, f"{type_}={found.get('status', '?')} {found.get('reason', '')}: {found.get('message', '')}"
+    return wait(f"{type_}={status}", check, timeout, every=3)
+
+
+def payload_rows(endpoint: str) -> int:
+    """Rows in the service's payload logs, read back as a user would (pyarrow over the Hive layout)."""
+    import pyarrow.parquet as pq
+
+    s3, rows = s3_client(endpoint), 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="kiln-demo", Prefix=f"payloads/model={MODEL}/"):
+        for obj in page.get("Contents") or []:
+            body = s3.get_object(Bucket="kiln-demo", Key=obj["Key"])["Body"].read()
+            rows += pq.read_metadata(io.BytesIO(body)).num_rows
+    return rows
+
+
+def upload_loans(endpoint: str) -> None:
+    s3 = s3_client(endpoint)
+    body = io.StringIO()
+    loans_data.period(1, 1000, seed=1).to_csv(body, index=False)
+    s3.put_object(Bucket="kiln-demo", Key="loans/2026-11-01.csv", Body=body.getvalue().encode())
+    say("uploaded loans/2026-11-01.csv (1,000 loans of the first period) to s3://kiln-demo/")
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -201,59 +228,76 @@ def run(endpoint: str) -> dict:
               "stringData": {"AWS_ACCESS_KEY_ID": "kiln-demo", "AWS_SECRET_ACCESS_KEY": "kiln-demo"}}
     kubectl("apply", "-f", "-", stdin=json.dumps(secret))
     upload_data(endpoint)
+    upload_loans(endpoint)
 
-    say("1. apply the Dataset, the TrainingPipeline and the InferenceService (examples/)")
-    for name in ("01-dataset.yaml", "02-trainingpipeline.yaml", "04-inferenceservice.yaml"):
-        kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples" / name))
-    dataset = wait_ready("dataset", "iris", 300)
-    say(f"Dataset iris Ready: version {dataset['status']['version'][:12]}, {dataset['status']['rows']} rows")
+    say("1. apply the Dataset, the TrainingPipeline and the InferenceService (examples/loop/)")
+    kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples/loop"))
+    dataset = wait_ready("dataset", MODEL, 300)
+    say(f"Dataset loans Ready: version {dataset['status']['version'][:12]}, {dataset['status']['rows']} rows, "
+        f"snapshot {dataset['status'].get('snapshotUri')}")
 
-    say("2. training: 8 random-search trials, 2 at a time, then selection and the quality gate")
-    wait_ready("trainingpipeline", "iris-forest", 600)
-    run1 = get("trainingpipeline", "iris-forest")["status"]["runs"][-1]
+    say("2. training on the first period: trials scored on a validation split, the test split once")
+    wait_ready("trainingpipeline", MODEL, 600)
+    run1 = get("trainingpipeline", MODEL)["status"]["runs"][-1]
     first = run1["modelVersion"]
-    say(f"run {run1['id']} produced {first} with {run1.get('bestMetrics')}")
-    mv = wait_ready("modelversion", first, 300)
-    say(f"ModelVersion {first} verified (sha256 {mv['spec']['artifact']['sha256'][:12]}), stage {mv['spec']['stage']}")
+    say(f"run {run1['id']} produced {first}: test-split accuracy {run1['bestMetrics'].get('accuracy'):.3f} "
+        f"on dataset version {run1['datasetVersion'][:12]}")
+    wait_ready("modelversion", first, 300)
 
-    say("3. serving: the InferenceService follows the Staging stage")
-    wait(f"InferenceService iris to serve {first}",
-         lambda: ((s := get("inferenceservice", "iris").get("status") or {}).get("modelVersion") == first
-                  and condition(get("inferenceservice", "iris"), "Ready").get("status") == "True",
+    say("3. serving the Production version, logging every request, accepting feedback")
+    wait(f"InferenceService loans to serve {first}",
+         lambda: ((s := get("inferenceservice", MODEL).get("status") or {}).get("modelVersion") == first
+                  and condition(get("inferenceservice", MODEL), "Ready").get("status") == "True",
                   f"serving {s.get('modelVersion')}, {s.get('readyReplicas')} ready replica(s)"), 300)
     url = service_url()
-    answer = predict(url, [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
-    say(f"POST {url}/v1/models/iris:predict -> {answer}")
 
-    say("4. in-distribution traffic: the monitoring sidecar sees no drift")
-    send_traffic(url, 1200)
-    drift_condition("False", 180)
+    say("4. first-period traffic, with the true outcomes fed back: the model is as good live as in training")
+    v1_first = serve_period(url, 1, 300, seed=11)
+    met = condition_is("QualityDegraded", "False", 120)
+    say(f"{first} live: {met['message']} (answers' accuracy {v1_first:.3f})")
 
-    say(f"5. traffic with {SHIFTED} shifted by one standard deviation (+1.76 cm)")
-    send_traffic(url, 2400, shift=1.76)
-    detected = drift_condition("True", 240)
-    say(f"DriftDetected: {detected['message']}")
+    say("5. the second period: incomes rose and the rule changed")
+    v1_second = serve_period(url, 2, 800, seed=12)
+    say(f"{first} on second-period traffic: accuracy {v1_second:.3f}")
+    degraded = condition_is("QualityDegraded", "True", 120)
+    say(f"QualityDegraded: {degraded['message']}")
+    drifted = condition_is("DriftDetected", "True", 120)
+    say(f"DriftDetected: {drifted['message']}")
 
-    say("6. the drift asked the pipeline for a run; its model goes through the gate and is served")
+    say("6. the quality drop asked for a run: the newest data first, then the new model must beat the old")
     def retrained():
-        runs = get("trainingpipeline", "iris-forest")["status"].get("runs") or []
+        runs = get("trainingpipeline", MODEL)["status"].get("runs") or []
         last = runs[-1] if runs else {}
-        if last.get("trigger") == "drift" and last.get("phase") in ("Failed", "GateFailed"):
-            raise StepFailed(f"the drift run {last['id']} ended {last['phase']}: {last.get('message')}")
-        done = last.get("modelVersion") if last.get("trigger") == "drift" and last.get("phase") == "Succeeded" else None
+        if last.get("trigger") == "quality" and last.get("phase") in ("Failed", "GateFailed"):
+            raise StepFailed(f"the quality run {last['id']} ended {last['phase']}: {last.get('message')}")
+        done = last if last.get("trigger") == "quality" and last.get("phase") == "Succeeded" else None
         return done, f"run {last.get('id')} ({last.get('trigger')}): {last.get('phase')}"
-    second = wait("a drift-triggered run", retrained, 600, every=3)
-    wait(f"InferenceService iris to serve {second}",
-         lambda: ((s := get("inferenceservice", "iris").get("status") or {}).get("modelVersion") == second,
+    run2 = wait("a quality-triggered run", retrained, 600, every=3)
+    second = run2["modelVersion"]
+    champion, challenger = run2.get("champion") or {}, run2.get("challenger") or {}
+    say(f"run {run2['id']} on dataset version {run2['datasetVersion'][:12]}: {second} accuracy "
+        f"{challenger.get('value', float('nan')):.3f} vs {champion.get('name')} "
+        f"{champion.get('value', float('nan')):.3f} on the same test rows")
+    wait(f"InferenceService loans to serve {second}",
+         lambda: ((s := get("inferenceservice", MODEL).get("status") or {}).get("modelVersion") == second,
                   f"serving {s.get('modelVersion')}"), 300)
-    answer = predict(url, [[5.1, 3.5, 1.4, 0.2]])
-    say(f"{second} serves: {answer}")
-    # kiln-serve checked the digest when it loaded; the registry records its own check too, and the
-    # operator stops with the demo, so the demo waits for it.
     wait_ready("modelversion", second, 180)
-    summary = {"firstVersion": first, "secondVersion": second, "driftMessage": detected["message"],
-               "url": url}
-    say("done: data -> training -> registry -> serving -> drift -> retraining -> serving, no human step")
+
+    say("7. fresh second-period traffic to the new version")
+    v2_second = serve_period(url, 2, 300, seed=13)
+    say(f"accuracy on second-period traffic: {first} {v1_second:.3f} -> {second} {v2_second:.3f}")
+
+    answered = 300 + 800 + 300
+    logged = wait("the payload logs to hold every answered row",
+                  lambda: ((n := payload_rows(endpoint)) >= answered and n, f"{n} of {answered} rows logged"), 60)
+    say(f"payload logs: {logged} rows under s3://kiln-demo/payloads/model={MODEL}/ for {answered} answered")
+    summary = {"firstVersion": first, "secondVersion": second, "url": url,
+               "v1Accuracy": {"firstPeriod": v1_first, "secondPeriod": v1_second},
+               "v2Accuracy": {"secondPeriod": v2_second}, "run": run2, "firstRun": run1,
+               "qualityMessage": degraded["message"], "driftMessage": drifted["message"],
+               "payloadRows": logged, "answeredRows": answered}
+    say("done: data -> training -> serving -> feedback -> quality drop -> newest data -> retraining -> a "
+        "better model served, no human step")
     return summary
 
 

@@ -1,7 +1,8 @@
-"""The whole loop on the real local cluster, exactly as `make demo` runs it (hack/demo.py): a Dataset
-validated by a Job, a pipeline's trials and selection as Jobs, a verified ModelVersion, an
-InferenceService answering over its ClusterIP, drift on one shifted feature, a drift-triggered run and
-the new version served. Afterwards the test checks what a user would look at.
+"""The whole loop on the real local cluster, exactly as `make demo` runs it (hack/demo.py): a growing
+Dataset validated and snapshotted by Jobs, a pipeline's trials and selection as Jobs, a verified
+ModelVersion, an InferenceService logging what it answers and joining the labels fed back, a second
+period whose rule changed, a quality-triggered run on the newest data that must beat the serving model
+on the same rows, and the better model served. Afterwards the test checks what a user would look at.
 """
 
 from __future__ import annotations
@@ -39,48 +40,73 @@ def demo(store, tmp_path_factory):
     return json.loads(summary.read_text())
 
 
-def test_drift_retrains_and_the_new_version_is_served(demo, kubectl):
-    assert demo["firstVersion"] == "iris-v1" and demo["secondVersion"] == "iris-v2"
-    assert "petal_length" in demo["driftMessage"]
-    isvc = kubectl.json("get", "inferenceservice", "iris", "-n", NS)
-    assert isvc["status"]["modelVersion"] == "iris-v2"
-    # The verdict follows the serving version: v2's windows start empty, so it is not "False" yet,
-    # while the Events keep what was found on v1.
-    drift = {c["type"]: c for c in isvc["status"]["conditions"]}["DriftDetected"]
-    assert drift["status"] in ("True", "Unknown"), drift
-    runs = kubectl.json("get", "trainingpipeline", "iris-forest", "-n", NS)["status"]["runs"]
-    assert [r["trigger"] for r in runs] == ["create", "drift"]  # one run per cooldown: no storm
+def test_the_loop_retrains_on_production_data_and_the_new_model_is_better_on_it(demo, kubectl):
+    first, second = demo["firstVersion"], demo["secondVersion"]
+    assert (first, second) == ("loans-v1", "loans-v2")
+    # v1 was good on the period it learned, bad on the new one; v2, trained on what production fed
+    # back, is clearly better on the new period, live and on the run's shared test rows.
+    assert demo["v1Accuracy"]["firstPeriod"] >= 0.85
+    assert demo["v2Accuracy"]["secondPeriod"] >= demo["v1Accuracy"]["secondPeriod"] + 0.2
+    run = demo["run"]
+    assert run["trigger"] == "quality" and run["champion"]["name"] == first
+    assert run["challenger"]["value"] >= run["champion"]["value"] + 0.02
+    assert "income" in demo["driftMessage"]
+    assert "accuracy" in demo["qualityMessage"] and "below the minimum 0.8" in demo["qualityMessage"]
+    isvc = kubectl.json("get", "inferenceservice", "loans", "-n", NS)
+    assert isvc["status"]["modelVersion"] == second
     events = kubectl.json("get", "events", "-n", NS)["items"]
-    assert {"RunStarted", "ModelVersionCreated", "RolledOut", "DriftDetected", "RetrainRequested"} <= {
-        e["reason"] for e in events}
-    assert any("petal_length" in e["message"] for e in events if e["reason"] == "DriftDetected")
+    assert {"RunStarted", "ModelVersionCreated", "RolledOut", "DriftDetected", "QualityDegraded",
+            "RetrainRequested", "NewVersion"} <= {e["reason"] for e in events}
+    runs = kubectl.json("get", "trainingpipeline", "loans", "-n", NS)["status"]["runs"]
+    assert [r["trigger"] for r in runs] == ["create", "quality"]  # one run per cooldown: no storm
 
 
-def test_registered_versions_carry_lineage_verification_and_the_gate_metric(demo, kubectl):
-    dataset = kubectl.json("get", "dataset", "iris", "-n", NS)
-    for name, run in (("iris-v1", "r1"), ("iris-v2", "r2")):
-        # The server checks the digest itself when it loads, so v2 may serve before its verify Job ends.
+def test_v2_differs_from_v1_in_data_and_model_and_both_are_reproducible_records(demo, kubectl):
+    dataset = kubectl.json("get", "dataset", "loans", "-n", NS)
+    kept = {v["version"]: v for v in dataset["status"]["versions"]}
+    mvs = {}
+    for name, run in (("loans-v1", "r1"), ("loans-v2", "r2")):
         mv = kubectl.wait_for(lambda: (lambda m: m if (m.get("status") or {}).get("verifiedSha256") else None)(
             kubectl.json("get", "modelversion", name, "-n", NS)), timeout=180, interval=2, what=f"{name} verified")
-        spec = mv["spec"]
-        assert spec["lineage"]["pipeline"] == "iris-forest" and spec["lineage"]["run"] == run
-        assert spec["lineage"]["datasetVersion"] == dataset["status"]["version"]
-        assert spec["artifact"]["format"] == "skops" and spec["metrics"]["accuracy"] >= 0.9
+        spec = mvs[name] = mv["spec"]
+        assert spec["lineage"]["pipeline"] == "loans" and spec["lineage"]["run"] == run
+        # Every version a registered model was trained on is kept, snapshot and all.
+        assert spec["lineage"]["datasetVersion"] in kept
+        assert kept[spec["lineage"]["datasetVersion"]]["snapshotUri"].endswith("/data.parquet")
         assert mv["status"]["verifiedSha256"] == spec["artifact"]["sha256"]
         assert not mv["metadata"].get("ownerReferences")  # deleting the pipeline never deletes models
-    # The same data, seed and search give the same model quality (reproducible runs).
-    first, second = (kubectl.json("get", "modelversion", n, "-n", NS)["spec"] for n in ("iris-v1", "iris-v2"))
-    assert first["metrics"] == second["metrics"] and first["params"] == second["params"]
+    assert mvs["loans-v1"]["lineage"]["datasetVersion"] != mvs["loans-v2"]["lineage"]["datasetVersion"]
+    assert mvs["loans-v1"]["artifact"]["sha256"] != mvs["loans-v2"]["artifact"]["sha256"]
+    assert mvs["loans-v1"]["stage"] == "Archived" and mvs["loans-v2"]["stage"] == "Production"
+    # The production rows became training data: the new version holds more than the seed file.
+    assert any(e["reason"] == "SourceChanged" for e in kubectl.json("get", "events", "-n", NS)["items"])
+
+
+def test_every_answered_row_is_in_the_payload_logs(demo):
+    assert demo["payloadRows"] == demo["answeredRows"]
 
 
 def test_a_bad_request_gets_a_4xx_naming_the_problem(demo):
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{demo['url']}/v1/models/iris:predict", method="POST",
+    request = urllib.request.Request(f"{demo['url']}/v1/models/loans:predict", method="POST",
                                      data=json.dumps({"instances": [[1.0, 2.0]]}).encode(),
                                      headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=10)
     assert 400 <= err.value.code < 500
-    assert "has 2 values; the model takes 4 features" in err.value.read().decode()
+    assert "has 2 values; the model takes 3 features" in err.value.read().decode()
+
+
+def test_feedback_for_an_unknown_request_id_is_refused_naming_the_reason(demo):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{demo['url']}/v2/models/loans/feedback", method="POST",
+                                     data=json.dumps({"id": "never-answered", "labels": ["repaid"]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=10)
+    assert err.value.code == 404
+    assert "unknown request id" in err.value.read().decode()

@@ -3,8 +3,8 @@
 A small classifier and its baseline profile go to an S3 server (moto) on the bridge's host address,
 where pods reach it. The serving Deployment is the operator's own (builders.serving.deployment: the
 server and the drift sidecar, labels, annotations, named ports), applied without its owner so no
-operator is needed. Traffic goes to the pod over the bridge. Then every panel of every dashboard must
-return data from the real Prometheus, and shifting one feature must show as drift there and turn the
+operator is needed. Traffic goes to the pod over the bridge, with payload logging on and outcomes fed
+back for half the requests. Then every panel of every dashboard must return data from the real Prometheus, and shifting one feature must show as drift there and turn the
 KilnDriftDetected alert pending. Needs the node (hack/node-up.sh) and the runtime image (make images).
 """
 
@@ -71,6 +71,8 @@ def deploy(kubectl, namespace: str, mv: dict, s3_url: str) -> str:
     isvc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
             "metadata": {"name": "m", "namespace": namespace, "uid": "unused"},
             "spec": {"monitoring": {"drift": {"enabled": True, "windowRows": WINDOW}},
+                     "logging": {"uri": f"s3://{BUCKET}/payloads/", "flushSeconds": 2},
+                     "feedback": {"windowRows": 200},
                      "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}
     cfg = OperatorConfig(s3_endpoint=s3_url, extra_env={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e"})
     dep = serving.deployment(isvc, mv, "primary", cfg)
@@ -90,13 +92,24 @@ def deploy(kubectl, namespace: str, mv: dict, s3_url: str) -> str:
     return ip
 
 
-def predict(ip: str, rows: np.ndarray, batch: int = 20) -> None:
+def post(url: str, body: dict):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+        return json.load(r), r.headers["X-Request-Id"]
+
+
+def predict(ip: str, rows: np.ndarray, classes: list[str], batch: int = 20) -> None:
+    """Answers, and for every other request the outcome fed back (the model's own answer but the first,
+    so live accuracy has something to show)."""
+    base = f"http://{ip}:{serving.SERVER_PORT}"
     for start in range(0, len(rows), batch):
-        body = json.dumps({"instances": rows[start:start + batch].tolist()}).encode()
-        req = urllib.request.Request(f"http://{ip}:{serving.SERVER_PORT}/v1/models/m:predict", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert r.status == 200
+        answer, request_id = post(f"{base}/v1/models/m:predict", {"instances": rows[start:start + batch].tolist()})
+        if (start // batch) % 2 == 0:
+            labels = answer["predictions"]
+            labels[0] = classes[(classes.index(str(labels[0])) + 1) % len(classes)]
+            joined, _ = post(f"{base}/v2/models/m/feedback", {"id": request_id, "labels": labels})
+            assert joined["joined"] == len(labels)
 
 
 def test_every_panel_returns_data_and_drift_fires_an_alert(kubectl, namespace, prometheus, model, s3):
@@ -104,7 +117,8 @@ def test_every_panel_returns_data_and_drift_fires_an_alert(kubectl, namespace, p
     ip = deploy(kubectl, namespace, mv, s3[0])
     rng = np.random.default_rng(1)
     in_distribution = rng.normal(size=(WINDOW, len(serve_models.FEATURES)))
-    predict(ip, in_distribution)
+    classes = mv["spec"]["signature"]["output"]["classes"]
+    predict(ip, in_distribution, classes)
 
     queries = prometheus_local.dashboard_queries({"namespace": namespace, "model": "m"})
 
@@ -118,7 +132,7 @@ def test_every_panel_returns_data_and_drift_fires_an_alert(kubectl, namespace, p
     # Traffic keeps flowing meanwhile so that rates are not zero.
     deadline = time.monotonic() + 90
     while (missing := empty_panels()) and time.monotonic() < deadline:
-        predict(ip, rng.normal(size=(40, len(serve_models.FEATURES))))
+        predict(ip, rng.normal(size=(40, len(serve_models.FEATURES))), classes)
         time.sleep(2)
     assert not missing, f"panels without data: {missing}"
     up = prometheus.query(f'up{{namespace="{namespace}"}}')
@@ -128,7 +142,7 @@ def test_every_panel_returns_data_and_drift_fires_an_alert(kubectl, namespace, p
     # rule turns pending.
     shifted = rng.normal(size=(WINDOW, len(serve_models.FEATURES)))
     shifted[:, 0] += 3.0
-    predict(ip, shifted)
+    predict(ip, shifted, classes)
 
     def f0_drifts():
         return prometheus.query(f'kiln_feature_drift_detected{{namespace="{namespace}", feature="f0"}} == 1')
