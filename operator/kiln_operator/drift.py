@@ -102,14 +102,20 @@ def plan(isvc: dict[str, Any], verdict: Verdict | None, now: str) -> Outcome:
     message = f"drift in {named}"
     out.conditions.append(("DriftDetected", "True", "FeatureDrift", message))
     out.events.append(("Warning", "DriftDetected", message))
+    ask_for_run(out, spec, previous, drift_status, "drift", message, now)
+    return out
+
+
+def ask_for_run(out: Outcome, spec: dict[str, Any], previous: dict[str, Any], recorded: dict[str, Any],
+                trigger: str, message: str, now: str) -> None:
+    """With `action: retrain`, asks spec.pipelineRef for a run at most once per `cooldownSeconds` (since
+    previous.lastRetrainRequest), and records when in `recorded`: a lasting problem is no storm of runs."""
     if spec.get("action") != "retrain" or not spec.get("pipelineRef"):
-        return out
+        return
     last = previous.get("lastRetrainRequest")
-    cooldown = spec.get("cooldownSeconds", 3600)
-    if last and seconds_between(last, now) < cooldown:
-        return out
-    out.request_run = f"drift-{now}"
-    drift_status["lastRetrainRequest"] = now
+    if last and seconds_between(last, now) < spec.get("cooldownSeconds", 3600):
+        return
+    out.request_run = f"{trigger}-{now}"
+    recorded["lastRetrainRequest"] = now
     out.events.append(("Normal", "RetrainRequested", f"asked TrainingPipeline {spec['pipelineRef']['name']!r} "
                                                      f"for a run: {message}"))
-    return out

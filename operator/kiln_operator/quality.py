@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .drift import Outcome, seconds_between, unchanged_since
+from .drift import Outcome, ask_for_run, unchanged_since
 
 LOWER_IS_BETTER = ("mae", "rmse")
 
@@ -71,13 +71,5 @@ def plan(isvc: dict[str, Any], verdict: Verdict | None, version: str, now: str) 
     message = f"{measured}, {'above the maximum' if lower else 'below the minimum'} {bound:g}"
     out.conditions.append(("QualityDegraded", "True", "BelowFloor", message))
     out.events.append(("Warning", "QualityDegraded", message))
-    if floor.get("action") != "retrain" or not floor.get("pipelineRef"):
-        return out
-    last = previous.get("lastRetrainRequest")
-    if last and seconds_between(last, now) < floor.get("cooldownSeconds", 3600):
-        return out
-    out.request_run = f"quality-{now}"
-    out.status["quality"]["lastRetrainRequest"] = now
-    out.events.append(("Normal", "RetrainRequested", f"asked TrainingPipeline {floor['pipelineRef']['name']!r} "
-                                                     f"for a run: {message}"))
+    ask_for_run(out, floor, previous, out.status["quality"], "quality", message, now)
     return out

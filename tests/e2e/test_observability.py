@@ -21,6 +21,7 @@ import prometheus_local
 import pytest
 import serve_models
 
+from kiln_operator import drift_sources
 from kiln_operator.builders import serving
 from kiln_operator.config import OperatorConfig
 from kiln_runtime.profile import profile_column, profile_frame
@@ -135,6 +136,11 @@ def test_every_panel_returns_data_and_drift_fires_an_alert(kubectl, namespace, p
         predict(ip, rng.normal(size=(40, len(serve_models.FEATURES))), classes)
         time.sleep(2)
     assert not missing, f"panels without data: {missing}"
+    # The operator's reading of live quality through Prometheus: every fed-back request had one wrong
+    # label in 20, so the window's accuracy is 0.95 exactly.
+    live = prometheus.wait_for(lambda: drift_sources.quality_from_prometheus(prometheus.url, namespace, "m", "1"),
+                               timeout=30, what="live quality in Prometheus")
+    assert live.rows == 200 and live.metrics["accuracy"] == pytest.approx(0.95)
     up = prometheus.query(f'up{{namespace="{namespace}"}}')
     assert {(s["metric"]["container"], s["value"][1]) for s in up} == {("server", "1"), ("monitor", "1")}
 

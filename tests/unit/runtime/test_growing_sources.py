@@ -206,11 +206,16 @@ def _iris_prefix(root: Path, parts: int) -> None:
         _put(root / f"part-{i}.{'parquet' if i % 2 else 'csv'}", chunk, 1000 + i)
 
 
-def test_runs_train_on_the_snapshot_after_the_source_changed_and_vanished(tmp_path, run_cli):
+def _iris_dataset(tmp_path: Path, parts: int) -> tuple[Path, dict]:
+    """A prefix of `parts` iris files and the Dataset spec that reads it."""
     root = tmp_path / "src"
-    _iris_prefix(root, 2)
+    _iris_prefix(root, parts)
     _, ds_spec = dataset_frame("iris")
-    ds = {**ds_spec, "source": {"uri": f"file://{root}/"}}
+    return root, {**ds_spec, "source": {"uri": f"file://{root}/"}}
+
+
+def test_runs_train_on_the_snapshot_after_the_source_changed_and_vanished(tmp_path, run_cli):
+    root, ds = _iris_dataset(tmp_path, 2)
     v1 = run_cli("validate-dataset", {"dataset": ds, "output": f"file://{tmp_path}/ds"}).summary
     _iris_prefix(root, 3)  # a third file lands: a new version
     v2 = run_cli("validate-dataset", {"dataset": ds, "output": f"file://{tmp_path}/ds"}).summary
@@ -235,10 +240,7 @@ def test_runs_train_on_the_snapshot_after_the_source_changed_and_vanished(tmp_pa
 
 
 def test_a_snapshot_that_does_not_match_its_digest_is_refused(tmp_path, run_cli):
-    root = tmp_path / "src"
-    _iris_prefix(root, 2)
-    _, ds_spec = dataset_frame("iris")
-    ds = {**ds_spec, "source": {"uri": f"file://{root}/"}}
+    _, ds = _iris_dataset(tmp_path, 2)
     v = run_cli("validate-dataset", {"dataset": ds, "output": f"file://{tmp_path}/ds"}).summary
     cfg = {"dataset": ds, "pipeline": pipeline("DecisionTreeClassifier"), "output": f"file://{tmp_path}/run",
            "datasetVersion": v["version"], "datasetSnapshot": {"uri": v["snapshotUri"], "sha256": "0" * 64}}
