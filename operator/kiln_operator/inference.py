@@ -68,6 +68,22 @@ def resolve(selector: dict[str, Any], model_name: str | None, mvs: list[dict[str
     return max(staged, key=lambda m: m["spec"]["version"])
 
 
+def verified(mv: dict[str, Any]) -> bool:
+    """Whether the registry checked this version's artifact against its digest."""
+    return bool((mv.get("status") or {}).get("verifiedSha256")) and \
+        mv["status"]["verifiedSha256"] == mv["spec"].get("artifact", {}).get("sha256")
+
+
+def unverified_reason(mv: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) for a version that may not be rolled out yet: still verifying, or failed."""
+    name = mv["metadata"]["name"]
+    check = next((c for c in (mv.get("status") or {}).get("conditions") or [] if c.get("type") == "Verified"), {})
+    if check.get("status") == "False":
+        return "VersionNotVerified", (f"{name} failed verification ({check.get('reason')}: {check.get('message')}); "
+                                      "it is never rolled out (spec.allowUnverified opts in)")
+    return "WaitingForVerification", f"waiting for {name}'s artifact digest to be verified before rolling it out"
+
+
 def version_of(deployment: dict[str, Any] | None) -> str | None:
     """The ModelVersion a Deployment's pod template serves."""
     if not deployment:
@@ -128,6 +144,15 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
         out.events.append(("Warning", "ModelVersionNotFound", str(exc)))
         return out
     target_name = target["metadata"]["name"]
+    allow_unverified = spec.get("allowUnverified", False)
+    if target_name != serving_name and not allow_unverified and not verified(target):
+        reason, message = unverified_reason(target)
+        if serving_name not in by_name:
+            out.conditions.append(("Ready", "False", reason, message))
+            return out
+        # Keep serving what serves; the version's own verification wakes this service again.
+        out.conditions.append(("Progressing", "False", reason, f"{message}; still serving {serving_name}"))
+        target, target_name = by_name[serving_name], serving_name
 
     primary_dep = observed.deployments.get("primary")
     deployed = version_of(primary_dep)
@@ -167,6 +192,10 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
             out.conditions.append(("Ready", "False", "CanaryNotFound", str(exc)))
             out.events.append(("Warning", "CanaryNotFound", str(exc)))
             return out
+        if not allow_unverified and not verified(canary) and canary["metadata"]["name"] != status.get("canaryVersion"):
+            reason, message = unverified_reason(canary)
+            out.conditions.append(("Progressing", "False", reason, f"canary: {message}"))
+            canary = by_name.get(status.get("canaryVersion") or "")
     percent = canary_spec.get("trafficPercent", 0) if canary else 0
     routed = bool(spec.get("gateway")) and observed.route_api
     if routed:

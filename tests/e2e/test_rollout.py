@@ -1,5 +1,5 @@
 """Serving rollouts on the real local cluster, driven by the operator: a 20% canary, a promotion under
-steady load, and a broken version rolled back while the good one keeps serving.
+steady load, and a broken version refused, then (opted in) rolled back while the good one keeps serving.
 
 Three ModelVersions of one model `m` (a logistic regression on 20 features) are registered by hand,
 the artifacts in an S3 server (moto) on the bridge's host address: v1 and v2 are sound, v3 names a
@@ -232,9 +232,17 @@ def test_promoting_v2_moves_traffic_with_no_failed_request(kubectl, ns, service,
     assert any("m-v2" in e["message"] for e in events)
 
 
-def test_a_broken_v3_is_rolled_back_while_v2_keeps_serving(kubectl, ns, service, model):
+def test_a_broken_v3_is_never_served_and_when_opted_in_is_rolled_back_while_v2_keeps_serving(
+        kubectl, ns, service, model):
     _, files = model
     kubectl.apply(json.dumps(model_version(files, 3, "Production", sha256="0" * 64)), "-n", ns)
+    # By default the registry's failed digest check keeps v3 out altogether.
+    refused = wait_status(kubectl, ns, lambda s: {c["type"]: c.get("reason") for c in s.get("conditions", [])}
+                          .get("Progressing") == "VersionNotVerified", "v3 refused as unverified", timeout=120)
+    assert refused["modelVersion"] == "m-v2"
+    assert "m-v3" in {c["type"]: c for c in refused["conditions"]}["Progressing"]["message"]
+    # A user who opts in to unverified artifacts still has the rollout's own safety net.
+    kubectl.run("patch", "kisvc", "m", "-n", ns, "--type=merge", "-p", '{"spec":{"allowUnverified":true}}')
     with SteadyLoad(service, files.X, clients=2) as load:
         status = wait_status(kubectl, ns, lambda s: s.get("rolledBackVersion") == "m-v3", "m-v3 rolled back",
                              timeout=300)

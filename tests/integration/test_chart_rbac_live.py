@@ -45,13 +45,17 @@ def test_the_chart_service_account_reconciles_without_forbidden(kubectl, kubecon
         log = tmp_path / "operator.log"
         with OperatorProcess(config, log, "--namespace", namespace, f"--peering={release}") as op:
             kubectl.run("apply", "-n", namespace, "-f", str(ROOT / "examples"))
+            # The example version's digest is made up: opt in so the service builds its children here.
+            kubectl.run("patch", "kisvc", "iris", "-n", namespace, "--type=merge", "-p",
+                        '{"spec":{"allowUnverified":true}}')
             # Each kind's reconcile ran to its status write; the InferenceService built its children.
             kubectl.wait_for(lambda: all(_ready(kubectl, namespace, kind, name) for kind, name in (
                 ("dataset", "iris"), ("trainingpipeline", "iris-forest"), ("modelversion", "iris-v1"),
                 ("inferenceservice", "iris"))), timeout=90, what="a Ready condition on every example")
             for kind, name in (("deployment", "iris-primary"), ("service", "iris"), ("hpa", "iris-primary"),
                                ("pdb", "iris")):
-                kubectl.run("get", kind, name, "-n", namespace)
+                kubectl.wait_for(lambda: kubectl.run("get", kind, name, "-n", namespace, check=False).returncode == 0,
+                                 timeout=60, what=f"{kind} {name}")
             # The peering lease was written (patch on the KopfPeering object).
             kubectl.wait_for(lambda: kubectl.json("get", "kopfpeering", release, "-n", namespace).get("status"),
                              timeout=30, what="this operator's entry in the KopfPeering object")

@@ -36,7 +36,8 @@ ISVC = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService", "metadata
                  "gateway": {"parentRefs": [{"name": "web", "sectionName": "http"}],
                              "hostnames": ["iris.kiln.test"]},
                  "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
-                 "monitoring": {"drift": {"enabled": False}}}}
+                 "monitoring": {"drift": {"enabled": False}},
+                 "allowUnverified": True}}  # made-up digests: these tests are about routes
 
 
 @pytest.fixture(scope="module")

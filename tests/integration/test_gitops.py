@@ -40,8 +40,6 @@ def test_reapplying_the_examples_after_reconciliation_changes_nothing(kubectl, k
         kubectl.run(*apply)
         kubectl.wait_for(lambda: _reconciled(kubectl, namespace), timeout=90,
                          what="every example reconciled at its current generation")
-        kubectl.wait_for(lambda: kubectl.run("get", "deployment", "iris-primary", "-n", namespace,
-                                             check=False).returncode == 0, timeout=60, what="the serving Deployment")
         before = {doc["kind"]: kubectl.json("get", doc["kind"].lower(), doc["metadata"]["name"], "-n", namespace)
                   for doc in _examples()}
 

@@ -49,7 +49,7 @@ def test_examples_are_reconciled_with_children_events_and_health(kubectl, operat
                        ("inferenceservice", "iris")):
         kubectl.wait_for(lambda: _ready(kubectl, namespace, kind, name), timeout=60, what=f"{kind} Ready condition")
     # The Dataset is validated by a Job of the runtime image (the operator never reads data); the
-    # pipeline waits for it; the InferenceService builds its children at once. Their Ready=True with
+    # pipeline waits for it; the InferenceService waits for a verified version. Their Ready=True with
     # real data and a real node is what the end-to-end tests show.
     dataset = kubectl.json("get", "dataset", "iris", "-n", namespace)
     jobs = kubectl.json("get", "jobs", "-n", namespace)["items"]
@@ -60,10 +60,19 @@ def test_examples_are_reconciled_with_children_events_and_health(kubectl, operat
     mv = kubectl.json("get", "modelversion", "iris-v1", "-n", namespace)
     assert [j["metadata"]["name"] for j in jobs if _owned_by(j, mv)] == ["iris-v1-verify-9f2c4e1b"]
     assert _ready(kubectl, namespace, "modelversion", "iris-v1")["status"] == "False"
+    # So `kubectl apply -f examples/` serves nothing: the service names the version it waits for and why.
+    waiting = _ready(kubectl, namespace, "inferenceservice", "iris")
+    assert (waiting["status"], waiting["reason"]) == ("False", "WaitingForVerification"), waiting
+    assert "iris-v1" in waiting["message"]
+    assert kubectl.run("get", "deployment", "iris-primary", "-n", namespace, check=False).returncode != 0
+    # Opting in to unverified artifacts builds the serving children at once.
+    kubectl.run("patch", "kisvc", "iris", "-n", namespace, "--type=merge", "-p", '{"spec":{"allowUnverified":true}}')
     isvc = kubectl.json("get", "inferenceservice", "iris", "-n", namespace)
     for kind, name in (("deployment", "iris-primary"), ("service", "iris"), ("hpa", "iris-primary"),
                        ("pdb", "iris")):
-        assert _owned_by(kubectl.json("get", kind, name, "-n", namespace), isvc), kind
+        child = kubectl.wait_for(lambda: (lambda r: r.returncode == 0 and json.loads(r.stdout))(
+            kubectl.run("get", kind, name, "-n", namespace, "-o", "json", check=False)), timeout=60, what=kind)
+        assert _owned_by(child, isvc), kind
     for kind in KINDS:
         for obj in kubectl.json("get", kind, "-n", namespace)["items"]:
             status = obj["status"]
@@ -116,6 +125,10 @@ def _apply_examples(kubectl, namespace, copies):
         for path in sorted(EXAMPLES.glob("*.yaml")):
             body = yaml.safe_load(path.read_text())
             body["metadata"]["name"] = f"{body['metadata']['name']}-{i}"
+            if body["kind"] == "InferenceService":
+                # The example's version has a made-up digest and is never verified: opt in, so that
+                # every service builds its serving children and the restart has them to duplicate.
+                body["spec"]["allowUnverified"] = True
             docs.append(body)
     kubectl.apply(yaml.safe_dump_all(docs), "-n", namespace)
 

@@ -19,7 +19,7 @@ SCRIPT = VALUES[KEY.format("Dataset")]
 WAITING = set(re.findall(r"(\w+) = true", SCRIPT))
 # Ready=False reasons that need a person: the health check must call them Degraded.
 DEGRADED = {"InvalidSpec", "ModelVersionNotFound", "CanaryNotFound", "NoReadyReplicas", "DatasetNotFound",
-            "RunFailed", "ValidationFailed", "DatasetVersionNotFound"}
+            "RunFailed", "ValidationFailed", "DatasetVersionNotFound", "VersionNotVerified"}
 
 
 def health(obj: dict) -> tuple[str, str]:

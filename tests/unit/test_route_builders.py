@@ -11,6 +11,7 @@ from kiln_operator.builders import serving
 from kiln_operator.config import OperatorConfig
 from kiln_operator.inference import Observed, plan
 from kiln_operator.validation import InvalidSpec, parse_spec
+from test_inference_plan import mv  # the same verified ModelVersion the plan tests use
 
 CFG = OperatorConfig()
 GATEWAY = {"parentRefs": [{"name": "web", "namespace": "infra", "sectionName": "http"}],
@@ -18,12 +19,6 @@ GATEWAY = {"parentRefs": [{"name": "web", "namespace": "infra", "sectionName": "
 CANARY = {"versionRef": {"name": "iris-v2"}, "trafficPercent": 20}
 
 
-def mv(version, stage="None"):
-    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
-            "metadata": {"name": f"iris-v{version}", "namespace": "ml", "uid": f"mv-{version}"},
-            "spec": {"modelName": "iris", "version": version, "stage": stage,
-                     "artifact": {"uri": "s3://b/m", "sha256": "a" * 64},
-                     "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}}}
 
 
 def isvc(status=None, **spec):

@@ -213,6 +213,9 @@ class InferenceServiceSpec(ApiModel):
     """Resources of the model server container."""
     return_probabilities: bool = False
     """Include class probabilities in answers by default."""
+    allow_unverified: bool = False
+    """Roll out versions whose artifact digest the registry has not verified (yet). Off: a new version
+    waits for its Verified condition, and one that failed verification is never served."""
 
 
 class TrafficShare(ApiModel):
