@@ -156,9 +156,10 @@ class SteadyLoad:
                 f"{len(self.failures)} failed, by version {dict(sorted(self.answers.items()))}")
 
 
-def served_requests(kubectl, ns) -> Counter:
-    """kiln_requests_total answered 200, summed over every serving pod, by model version."""
-    counts: Counter = Counter()
+def requests_by_pod(kubectl, ns, protocol: str | None = None) -> dict[str, tuple[str, float]]:
+    """kiln_requests_total answered 200 by every serving pod (of one protocol, or all): {pod: (model
+    version, count)}."""
+    counts: dict[str, tuple[str, float]] = {}
     for pod in kubectl.json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=m")["items"]:
         ip = pod["status"].get("podIP")
         if not ip or pod["metadata"].get("deletionTimestamp"):
@@ -167,9 +168,37 @@ def served_requests(kubectl, ns) -> Counter:
             text = answer.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "kiln_requests_total" and sample.labels.get("code") == "200":
-                    counts[sample.labels["version"]] += sample.value
+                if sample.name == "kiln_requests_total" and sample.labels.get("code") == "200" \
+                        and protocol in (None, sample.labels.get("protocol")):
+                    version, seen = counts.get(pod["metadata"]["name"], (sample.labels["version"], 0.0))
+                    counts[pod["metadata"]["name"]] = (version, seen + sample.value)
     return counts
+
+
+def served_requests(kubectl, ns) -> Counter:
+    """kiln_requests_total answered 200, summed over every serving pod, by model version."""
+    counts: Counter = Counter()
+    for version, count in requests_by_pod(kubectl, ns).values():
+        counts[version] += count
+    return counts
+
+
+def wait_every_pod_answers(kubectl, ns, base: str, rows, pods: int, timeout: float = 60) -> None:
+    """Until each of `pods` pods has answered through the Service: kube-proxy's rules hold them all (ready
+    endpoints alone do not prove it; a pod missing from the rules skews any measured share). V1 requests,
+    which no probe sends, so a pod's V1 counter moves only when it answered one of them."""
+    before = requests_by_pod(kubectl, ns, "v1")
+    deadline = time.monotonic() + timeout
+    while True:
+        for i in range(25):
+            body = json.dumps({"instances": [list(rows[i % len(rows)])]}).encode()
+            req = urllib.request.Request(f"{base}/v1/models/m:predict", data=body,
+                                         headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=5).close()
+        moved = [p for p, (_, n) in requests_by_pod(kubectl, ns, "v1").items() if n > before.get(p, ("", 0.0))[1]]
+        if len(moved) >= pods:
+            return
+        assert time.monotonic() < deadline, f"only {len(moved)} of {pods} pods answered through the Service"
 
 
 def wait_ready_endpoints(kubectl, ns, count: int, timeout: float = 60) -> None:
@@ -202,6 +231,7 @@ def test_a_20_percent_canary_gets_about_a_fifth_of_the_requests(kubectl, ns, ser
     # moment later. Measure the split only once all five pods are endpoints and the canary answers.
     wait_ready_endpoints(kubectl, ns, 5)
     wait_for_answer(service, files.X, version=2)
+    wait_every_pod_answers(kubectl, ns, service, files.X, 5)
     before = served_requests(kubectl, ns)
     answered = Counter(infer(service, files.X[i % len(files.X)]) for i in range(1000))
     after = served_requests(kubectl, ns)
