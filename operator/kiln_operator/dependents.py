@@ -44,6 +44,12 @@ def of(obj: dict[str, Any], cache: Cache) -> list[Key]:
                  if follows(i, obj, cache)]
         keys += [("TrainingPipeline", ns, p["metadata"]["name"]) for p in cache.list("TrainingPipeline", ns)
                  if (p.get("spec") or {}).get("modelName") == model]
+    elif kind == "InferenceService":
+        # What it serves is in its status: those versions' servedBy follows.
+        status = obj.get("status") or {}
+        keys += [("ModelVersion", ns, v) for v in {status.get("modelVersion"), status.get("canaryVersion")} if v]
+        keys += [("ModelVersion", ns, m["metadata"]["name"]) for m in cache.list("ModelVersion", ns)
+                 if meta["name"] in ((m.get("status") or {}).get("servedBy") or [])]
     elif kind == "Dataset":
         keys += [("TrainingPipeline", ns, p["metadata"]["name"]) for p in cache.list("TrainingPipeline", ns)
                  if ((p.get("spec") or {}).get("datasetRef") or {}).get("name") == meta["name"]]

@@ -386,7 +386,8 @@ def reconcile_model_version(body: dict[str, Any]) -> Wakeup:
     if not _validate(MODEL_VERSION, body):
         return None
     verify = observe_jobs(body).get(training.verify_job_name(body), JobView(None))
-    act(body, registry.plan_model_version(body, verify, CONFIG, now_rfc3339()), always_post=("StageChanged",))
+    serving = registry.served_by(body, CACHE.list("InferenceService", body["metadata"]["namespace"]))
+    act(body, registry.plan_model_version(body, verify, CONFIG, now_rfc3339(), serving), always_post=("StageChanged",))
     return None
 
 

@@ -53,9 +53,20 @@ def to_archive(mvs: list[dict[str, Any]], model: str, keep: str) -> list[str]:
             and (mv["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == training.MANAGED_BY]
 
 
-def plan_model_version(mv: dict[str, Any], verify: JobView, cfg: OperatorConfig, now: str) -> Plan:
+def served_by(mv: dict[str, Any], isvcs: list[dict[str, Any]]) -> list[str]:
+    """The InferenceServices serving this version (as primary or canary), by name."""
+    name = mv["metadata"]["name"]
+    return sorted(i["metadata"]["name"] for i in isvcs
+                  if name in ((i.get("status") or {}).get("modelVersion"), (i.get("status") or {}).get("canaryVersion")))
+
+
+def plan_model_version(mv: dict[str, Any], verify: JobView, cfg: OperatorConfig, now: str,
+                       serving: list[str] | None = None) -> Plan:
+    """`serving`: the InferenceServices that serve this version now (status.servedBy)."""
     out = Plan()
     spec, status = mv["spec"], mv.get("status") or {}
+    if serving is not None:
+        out.status["servedBy"] = serving
     history = list(status.get("stageHistory") or [])
     stage = spec.get("stage", "None")
     if not history or history[-1].get("stage") != stage:

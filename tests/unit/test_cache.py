@@ -118,3 +118,12 @@ def test_a_recreated_namespace_does_not_inherit_its_earlier_objects():
     cache.put(again)  # created anew before the operator saw the namespace come back: kept
     cache.namespace_created("ml", "2026-12-01T10:07:00Z")
     assert [m["metadata"]["uid"] for m in cache.list("ModelVersion", "ml")] == ["uid-new"]
+
+
+def test_a_service_that_moves_to_a_version_wakes_the_version_it_left_and_the_one_it_serves():
+    cache = Cache()
+    old = obj("ModelVersion", "iris-v1", spec={"modelName": "iris"}, status={"servedBy": ["a"]})
+    cache.put(old)
+    isvc = obj("InferenceService", "a", status={"modelVersion": "iris-v2", "canaryVersion": "iris-v3"})
+    assert sorted(dependents.of(isvc, cache)) == [("InferenceService", "ml", "a"), ("ModelVersion", "ml", "iris-v1"),
+                                                   ("ModelVersion", "ml", "iris-v2"), ("ModelVersion", "ml", "iris-v3")]

@@ -428,6 +428,16 @@ def registered(stage="Staging", verified=True, history=None) -> dict:
     return mv
 
 
+def test_a_version_lists_the_services_that_serve_it():
+    mv = registered("Production")
+    isvcs = [{"metadata": {"name": "b"}, "status": {"canaryVersion": "iris-v1"}},
+             {"metadata": {"name": "a"}, "status": {"modelVersion": "iris-v1"}},
+             {"metadata": {"name": "c"}, "status": {"modelVersion": "iris-v2"}}]
+    assert registry.served_by(mv, isvcs) == ["a", "b"]
+    result = registry.plan_model_version(mv, JobView(None), CFG, NOW, registry.served_by(mv, isvcs))
+    assert result.status["servedBy"] == ["a", "b"]
+
+
 def test_a_stage_change_is_recorded_in_the_history_with_an_event():
     mv = registered("Production", history=[{"stage": "Staging", "time": "2026-11-22T10:00:00Z"}])
     result = registry.plan_model_version(mv, JobView(None), CFG, NOW)
