@@ -23,7 +23,7 @@ def moto_server(host: str = "127.0.0.1", env: dict[str, str] | None = None) -> I
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                             env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # imports take long on a busy machine
         while True:
             try:
                 urllib.request.urlopen(url + "/moto-api/", timeout=1)
@@ -35,4 +35,8 @@ def moto_server(host: str = "127.0.0.1", env: dict[str, str] | None = None) -> I
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # never left running after the tests
+            proc.kill()
+            proc.wait()

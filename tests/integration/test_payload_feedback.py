@@ -51,6 +51,14 @@ def wait(predicate, what: str, timeout: float = 60.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def rows_received(monitor_url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(monitor_url + "/metrics", timeout=10).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "kiln_drift_rows_received_total")
+
+
 def read_prefix(client, prefix: str) -> tuple[pa.Table, list[str]]:
     keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
             for o in page.get("Contents", [])]
@@ -81,20 +89,24 @@ def pod(tmp_path):
         serve_env = {**os.environ, **files.env(), "KILN_HOST": "127.0.0.1", "KILN_PORT": str(serve_port),
                      "KILN_HANDOFF_SOCKET": sock, "KILN_MONITOR_URL": f"http://127.0.0.1:{monitor_port}"}
         logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("monitor", "serve")}
-        monitor = subprocess.Popen([exe or "kiln-monitor"], env=monitor_env, stderr=subprocess.STDOUT,
-                                   stdout=logs["monitor"])
-        serve = subprocess.Popen([sys.executable, "-m", "kiln_runtime.serve"], env=serve_env,
-                                 stderr=subprocess.STDOUT, stdout=logs["serve"])
+        procs: list[subprocess.Popen] = []
         try:
+            monitor = subprocess.Popen([exe or "kiln-monitor"], env=monitor_env, stderr=subprocess.STDOUT,
+                                       stdout=logs["monitor"])
+            procs.append(monitor)
+            serve = subprocess.Popen([sys.executable, "-m", "kiln_runtime.serve"], env=serve_env,
+                                     stderr=subprocess.STDOUT, stdout=logs["serve"])
+            procs.append(serve)
             wait(lambda: requests.get(f"http://127.0.0.1:{monitor_port}/readyz", timeout=1).ok, "kiln-monitor")
             wait(lambda: requests.get(f"http://127.0.0.1:{serve_port}/v2/health/ready", timeout=1).ok, "kiln-serve")
             yield {"files": files, "serve": serve, "monitor": monitor, "client": client,
                    "serve_url": f"http://127.0.0.1:{serve_port}", "monitor_url": f"http://127.0.0.1:{monitor_port}"}
         finally:
-            for proc in (serve, monitor):
+            for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
-                proc.wait(timeout=10)
+            for proc in procs:
+                proc.wait(timeout=60)
             for name, f in logs.items():
                 f.close()
                 print(f"--- {name}\n" + (tmp_path / f"{name}.log").read_text(errors="replace")[-4000:])
@@ -126,6 +138,9 @@ def test_predict_feedback_stop_and_read_back(pod):
     assert own.headers["X-Request-Id"] == "client.order-42"
     answered["client.order-42"], rows_of["client.order-42"] = own.json()["predictions"], files.X[:2]
     total_rows = sum(len(p) for p in answered.values())
+    # kiln-serve hands rows over on a timer; the monitor waits only briefly (feedback.WAIT_SECONDS)
+    # for the rows of feedback that overtakes them. Let them arrive first, however busy the machine.
+    wait(lambda: rows_received(pod["monitor_url"]) >= total_rows, f"the monitor to receive {total_rows} rows")
 
     # Feedback: the true class is the prediction, except for every third request (all rows flipped).
     ids = sorted(answered)

@@ -92,8 +92,23 @@ def _spawn(s3, command: str | list[str], cfg_path: Path | None, term: Path,
     return subprocess.Popen([KILN_TRAIN, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _communicate(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    """The process's output once it exits; killed if it has not after 300 s, so it never outlives the test."""
+    try:
+        return proc.communicate(timeout=300)
+    finally:
+        _kill(proc)
+
+
+def _kill(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def _finish(proc: subprocess.Popen, term: Path) -> dict:
-    out, err = proc.communicate(timeout=120)
+    out, err = _communicate(proc)
     assert proc.returncode == 0, err.decode()[-2000:]
     summary = json.loads(term.read_bytes())
     assert json.loads(out.decode().strip().splitlines()[-1]) == summary  # also the last log line
@@ -123,8 +138,13 @@ def test_validate_search_and_select_through_s3(s3, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     trials = {}
     for batch in ((0, 1), (2, 3)):
-        procs = {i: _spawn(s3, "trial", cfg_path, tmp_path / f"t{i}.log", index=i) for i in batch}
-        trials.update({i: _finish(p, tmp_path / f"t{i}.log") for i, p in procs.items()})
+        procs = {}
+        try:
+            for i in batch:
+                procs[i] = _spawn(s3, "trial", cfg_path, tmp_path / f"t{i}.log", index=i)
+            trials.update({i: _finish(p, tmp_path / f"t{i}.log") for i, p in procs.items()})
+        finally:
+            _kill(*procs.values())  # the other trial too, when one failed
     assert [trials[i]["trial"] for i in range(4)] == [0, 1, 2, 3]
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials.values()}) == 4  # distinct draws
     sel = _finish(_spawn(s3, "select", cfg_path, tmp_path / "s.log"), tmp_path / "s.log")
@@ -171,7 +191,7 @@ def test_validate_search_and_select_through_s3(s3, tmp_path):
     assert [a["format"] for a in ok["artifacts"]] == ["skops", "onnx"]
     s3["client"].put_object(Bucket=BUCKET, Key=key(mv["artifact"]["uri"]), Body=model_bytes + b"\0")
     proc = _spawn(s3, verify, None, tmp_path / "tampered.log")
-    proc.communicate(timeout=120)
+    _communicate(proc)
     bad = json.loads((tmp_path / "tampered.log").read_bytes())
     assert proc.returncode == 10 and bad["reason"] == "DigestMismatch" and bad["uri"] == mv["artifact"]["uri"]
 

@@ -61,9 +61,10 @@ def test_rows_logged_labels_joined_and_everything_written_on_stop(tmp_path):
     runner = threading.Thread(target=monitor.run)
     runner.start()
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while monitor.counters is None and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert monitor.counters is not None, "the monitor did not start receiving within 120 s"
         sender = HandoffSender(sock_path, "m", "1", ["a", "b"], frame_rows=64)
         sent = 0
         for i in range(40):  # 40 requests of 5 rows
@@ -73,6 +74,14 @@ def test_rows_logged_labels_joined_and_everything_written_on_stop(tmp_path):
             sent += 5
             time.sleep(0.001)
         assert sender.dropped_rows == 0
+        # Frames the socket's short queue refused wait in the sender's backlog until a flush finds
+        # room; the receiver's pace depends on the machine, so wait for it (feedback waits only
+        # feedback.WAIT_SECONDS for rows still on their way).
+        deadline = time.monotonic() + 120
+        while (sender.backlog_rows or monitor.counters.rows_received < sent) and time.monotonic() < deadline:
+            sender.flush()
+            time.sleep(0.01)
+        assert monitor.counters.rows_received == sent and sender.dropped_rows == 0
         # A request's feedback right behind its rows: joined once the receiver has read them.
         status, body = _http(monitor.http_port, "/feedback", json.dumps(
             {"feedback": [{"id": f"{TOKEN}-{i:x}", "labels": [1, 0, 1, 0, 1]} for i in range(40)]}).encode())

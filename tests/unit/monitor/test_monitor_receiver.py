@@ -111,7 +111,7 @@ def test_real_socket_with_the_real_sender(tmp_path):
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         raw.sendto(b"garbage", path)
         raw.close()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 120  # a condition, not a speed: generous for a busy machine
         while (r.counters.rows_received < 500 or not r.counters.frames_dropped) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert sender.dropped_rows == 0

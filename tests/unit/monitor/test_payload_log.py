@@ -128,14 +128,13 @@ def test_the_writer_flushes_by_rows_without_blocking_the_caller(tmp_path):
     written = []
 
     def slow(uri, data):
-        gate.wait(10)
+        gate.wait(120)  # released by the test; the bound only ends a failed test
         written.append(uri)
 
     log = make_log(tmp_path, write=slow, flush_rows=5).start()
     log.add(FrameBlock(frame([f"a{i}" for i in range(5)]), None, NOON))  # reaches flush_rows
-    for _ in range(200):  # the writer takes the rows, then waits on the store
-        if log.buffered == 0:
-            break
+    deadline = time.monotonic() + 120  # the writer takes the rows, then waits on the store
+    while log.buffered and time.monotonic() < deadline:
         time.sleep(0.01)
     assert log.buffered == 0 and not written
     assert log.add(FrameBlock(frame(["b"]), None, NOON))  # returns at once while the store is slow

@@ -81,7 +81,8 @@ def test_a_full_batch_runs_at_once_and_a_long_queue_is_split():
 
 
 def test_a_lone_client_never_waits_but_concurrent_ones_may_gather():
-    loop, model, batcher = make(max_wait=0.05)
+    # A deadline no pause of a busy machine reaches: the test is about who waits, not for how long.
+    loop, model, batcher = make(max_wait=60.0)
     conn = FakeConn()
     batcher.submit(item(conn, 1.0))
     loop.run_until_complete(asyncio.sleep(0))

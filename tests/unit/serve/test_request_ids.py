@@ -63,8 +63,18 @@ def exchange(loop, app, raw: bytes) -> list[tuple[int, dict, bytes]]:
     conn = Connection(app)
     transport = Transport()
     conn.connection_made(transport)
-    loop.call_soon(conn.data_received, raw)  # on the loop, as asyncio delivers bytes
-    for _ in range(5):
+    fed = loop.create_future()
+
+    def feed():  # on the loop, as asyncio delivers bytes
+        conn.data_received(raw)
+        fed.set_result(None)
+
+    loop.call_soon(feed)
+    loop.run_until_complete(fed)
+    # Until every request read is answered (the feedback relay takes a real round trip on the loop),
+    # however many loop passes that takes on a busy machine.
+    deadline = perf_counter() + 60
+    while conn.pending and perf_counter() < deadline:
         loop.run_until_complete(asyncio.sleep(0.01))
     answers, data = [], bytes(transport.out)
     while data:
