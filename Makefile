@@ -18,9 +18,9 @@ demo: ## The main job: local cluster, artifact store, operator, and the whole lo
 venv: ## Create or refresh the project's virtualenv in ~/.cache/kiln/venv
 	@bash hack/venv.sh >/dev/null
 
-crds: venv ## Regenerate crds/ (and the chart's copy) from the pydantic models in operator/kiln_operator/api
-	$(PY) -m kiln_operator.api.crdgen --out crds --out charts/kiln/crds
-	cp crds/kopf.dev_*.yaml charts/kiln/crds/  # kopf's peering CRDs: hand-written, shipped alike
+crds: venv ## Regenerate crds/ (and the kiln-crds chart's copy) from the pydantic models in operator/kiln_operator/api
+	$(PY) -m kiln_operator.api.crdgen --out crds --out charts/kiln-crds/files
+	cp crds/kopf.dev_*.yaml charts/kiln-crds/files/  # kopf's peering CRDs: hand-written, shipped alike
 
 docs: venv ## Regenerate docs/api-reference.md from the pydantic models
 	$(PY) -m kiln_operator.api.docgen --out docs/api-reference.md

@@ -158,7 +158,7 @@ wheelhouse() {
   log "wheelhouse: fetching the runtime and operator dependencies..."
   rm -rf "$WHEELS"; mkdir -p "$WHEELS"
   # setuptools too: the images build the project from source with pip, in an isolated build env.
-  timeout 900 "$py" -m pip wheel -q -w "$WHEELS" "setuptools>=69" "$KILN_ROOT[runtime,operator]" >"$IMAGES/wheelhouse.log" 2>&1 \
+  timeout 900 "$py" -m pip wheel -q -w "$WHEELS" "setuptools>=77" "$KILN_ROOT[runtime,operator]" >"$IMAGES/wheelhouse.log" 2>&1 \
     || { tail -n 20 "$IMAGES/wheelhouse.log" >&2; die "pip wheel failed (log: $IMAGES/wheelhouse.log)"; }
   rm -f "$WHEELS"/kiln-*.whl
   touch "$WHEELS/.complete"

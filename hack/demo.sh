@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job: installs what is missing, starts the local cluster (control plane, node,
-# images) and the artifact store, then runs the whole loop (hack/demo.py) and leaves the cluster up.
+# images) and the artifact store, then runs the whole loop (hack/demo.py: the operator installed in the
+# cluster by the Helm chart, release kiln in kiln-system) and leaves all of it running, for
+# docs/quickstart.md. `bash hack/demo.sh --host-operator` runs the operator on this machine instead.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -1,4 +1,5 @@
-"""The Helm chart: lint and render with every values file in charts/kiln/ci, and what each render says."""
+"""The Helm charts: lint and render with every values file in charts/kiln/ci (and charts/kiln-crds/ci), and
+what each render says."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from kiln_operator.config import OperatorConfig
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/kiln"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+CRD_CHART = ROOT / "charts/kiln-crds"
+CRD_CI_VALUES = sorted((CRD_CHART / "ci").glob("*.yaml"))
 
 
 def render(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -160,5 +163,67 @@ def test_bad_values_are_refused_with_a_reason(helm, args, message):
     assert message in result.stderr, result.stderr
 
 
-def test_chart_crds_are_the_repo_crds():
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (ROOT / "crds").iterdir())
+# --- charts/kiln-crds: the CRDs as templates, which `helm upgrade` upgrades (docs/upgrade.md) ----------
+
+def crd_objects(helm: Path, *args: str) -> list[dict]:
+    result = subprocess.run([str(helm), "template", "kiln-crds", str(CRD_CHART), "--namespace", "kiln-system", *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def repo_crds() -> dict[str, dict]:
+    return {body["metadata"]["name"]: body for body in
+            (yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml")))}
+
+
+def test_the_operator_chart_has_no_crds(helm):
+    """A chart's crds/ is installed once and never upgraded by Helm: the operator chart leaves the CRDs to
+    kiln-crds (and renders no CRD as a template either: its peering object needs the kind beforehand)."""
+    assert not (CHART / "crds").exists()
+    for values in CI_VALUES:
+        assert "CustomResourceDefinition" not in {o["kind"] for o in objects(helm, "-f", str(values))}
+
+
+@pytest.mark.parametrize("values", CRD_CI_VALUES, ids=lambda p: p.stem)
+def test_crd_chart_lint_is_clean(helm, values):
+    result = subprocess.run([str(helm), "lint", str(CRD_CHART), "--strict", "-f", str(values)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_the_charts_are_released_together():
+    kiln, crds = (yaml.safe_load((c / "Chart.yaml").read_text()) for c in (CHART, CRD_CHART))
+    assert (kiln["version"], kiln["appVersion"], kiln["kubeVersion"]) == (
+        crds["version"], crds["appVersion"], crds["kubeVersion"])
+
+
+def test_crd_chart_renders_the_repo_crds_kept(helm):
+    """Every CRD of crds/, field for field, plus the chart's labels and the keep policy."""
+    rendered = {o["metadata"]["name"]: o for o in crd_objects(helm)}
+    expected = repo_crds()
+    assert sorted(rendered) == sorted(expected)
+    for name, crd in rendered.items():
+        meta = crd["metadata"]
+        assert meta["annotations"] == {"helm.sh/resource-policy": "keep"}, name
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "kiln"
+        assert meta["labels"]["helm.sh/chart"].startswith("kiln-crds-")
+        # Apart from the metadata the chart adds, the CRD is the file: the same schema, defaults, rules.
+        bare = {**crd, "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kiln"}}}
+        assert bare == expected[name], f"{name} differs from crds/ once rendered"
+
+
+def test_crd_chart_without_keep_or_peering(helm):
+    objs = crd_objects(helm, "-f", str(CRD_CHART / "ci/no-keep-values.yaml"))
+    assert {o["spec"]["group"] for o in objs} == {"kiln.dev"} and len(objs) == 4
+    for crd in objs:
+        assert crd["metadata"]["annotations"] == {"argocd.argoproj.io/sync-options": "Prune=false"}
+        assert crd["metadata"]["labels"]["team"] == "ml-platform"
+
+
+def test_crd_chart_refuses_unknown_values(helm):
+    result = subprocess.run([str(helm), "template", "x", str(CRD_CHART), "--set", "keeep=true"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "keeep" in result.stderr, result.stderr

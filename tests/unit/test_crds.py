@@ -1,4 +1,5 @@
-"""The CRDs in crds/ are exactly what the pydantic models generate, and are structural."""
+"""The CRDs in crds/ are exactly what the pydantic models generate, are structural, and are what the
+kiln-crds chart ships (its rendering is checked in test_chart.py)."""
 
 from pathlib import Path
 
@@ -20,16 +21,24 @@ def test_crd_files_match_the_models(name, body):
 # kopf's peering kinds ship beside Kiln's (hand-written: their schema is kopf's): the chart's two
 # operator replicas elect the active one through them (docs/helm.md, "Peering").
 PEERING_CRDS = ["kopf.dev_clusterkopfpeerings.yaml", "kopf.dev_kopfpeerings.yaml"]
+# The kiln-crds chart's copy, which its template turns into CRDs Helm upgrades (docs/upgrade.md).
+CHART_FILES = "charts/kiln-crds/files"
 
 
-@pytest.mark.parametrize("directory", ["crds", "charts/kiln/crds"])
+@pytest.mark.parametrize("directory", ["crds", CHART_FILES])
 def test_no_stray_or_missing_crd_files(directory):
     assert sorted(p.name for p in (ROOT / directory).glob("*.yaml")) == sorted([*all_crds(), *PEERING_CRDS])
 
 
 @pytest.mark.parametrize("name", sorted([*all_crds(), *PEERING_CRDS]))
 def test_the_chart_ships_the_same_crds(name):
-    assert (ROOT / "charts/kiln/crds" / name).read_text() == (ROOT / "crds" / name).read_text()
+    assert (ROOT / CHART_FILES / name).read_text() == (ROOT / "crds" / name).read_text(), \
+        f"{CHART_FILES}/{name} differs from crds/{name}: run `make crds`"
+
+
+def test_the_operator_chart_ships_no_crds():
+    """Helm installs a chart's crds/ once and never upgrades them: the CRDs live in kiln-crds only."""
+    assert not (ROOT / "charts/kiln/crds").exists()
 
 
 def _walk(node, path="$"):
