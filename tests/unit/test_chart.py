@@ -46,9 +46,12 @@ def test_ci_values_files_exist():
                                             "standalone-values.yaml", "s3-values.yaml"}
 
 
-@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
-def test_lint_is_clean(helm, values):
-    result = subprocess.run([str(helm), "lint", str(CHART), "--strict", "-f", str(values)],
+LINTED = [(CHART, v) for v in CI_VALUES] + [(CRD_CHART, v) for v in CRD_CI_VALUES]
+
+
+@pytest.mark.parametrize("chart,values", LINTED, ids=[f"{c.name}/{v.stem}" for c, v in LINTED])
+def test_lint_is_clean(helm, chart, values):
+    result = subprocess.run([str(helm), "lint", str(chart), "--strict", "-f", str(values)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
@@ -183,14 +186,6 @@ def test_the_operator_chart_has_no_crds(helm):
     assert not (CHART / "crds").exists()
     for values in CI_VALUES:
         assert "CustomResourceDefinition" not in {o["kind"] for o in objects(helm, "-f", str(values))}
-
-
-@pytest.mark.parametrize("values", CRD_CI_VALUES, ids=lambda p: p.stem)
-def test_crd_chart_lint_is_clean(helm, values):
-    result = subprocess.run([str(helm), "lint", str(CRD_CHART), "--strict", "-f", str(values)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
 
 
 def test_the_charts_are_released_together():
