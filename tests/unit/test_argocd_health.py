@@ -115,3 +115,9 @@ def test_the_docs_show_the_shipped_script():
     docs = (ROOT / "docs/argocd.md").read_text()
     blocks = re.findall(r"```lua\n(.*?)```", docs, re.S)
     assert SCRIPT in blocks
+
+
+def test_the_docs_list_the_waiting_reasons():
+    docs = (ROOT / "docs/argocd.md").read_text()
+    row = next(line for line in docs.splitlines() if "a reason that means waiting" in line)
+    assert set(re.findall(r"`(\w+)`", row.split("|")[1])) == WAITING
