@@ -95,6 +95,32 @@ INVALID = [
      _set("spec.monitoring.quality.max", 0.9)), ["spec.monitoring.quality.min", "exactly one"]),
     ("payload log sample rate above 1", mutate("loop/loans-service.yaml",
      _set("spec.logging.sampleRate", 1.5)), ["spec.logging.sampleRate"]),
+    ("pod toleration of an unknown effect", mutate("04-inferenceservice.yaml",
+     _set("spec.pod", {"tolerations": [{"key": "dedicated", "value": "ml", "effect": "NoScheduling"}]})),
+     ["spec.pod.tolerations[0].effect", "Unsupported value"]),
+    ("pod toleration of an unknown operator", mutate("01-dataset.yaml",
+     _set("spec.pod", {"tolerations": [{"key": "dedicated", "operator": "In"}]})),
+     ["spec.pod.tolerations[0].operator", "Unsupported value"]),
+    ("pod tolerationSeconds without NoExecute", mutate("02-trainingpipeline.yaml",
+     _set("spec.pod", {"tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule",
+                                        "tolerationSeconds": 30}]})),
+     ["spec.pod.tolerations[0].tolerationSeconds", "NoExecute"]),
+    ("pod toleration without key or Exists", mutate("02-trainingpipeline.yaml",
+     _set("spec.pod", {"tolerations": [{"value": "ml"}]})), ["spec.pod.tolerations[0].key", "operator Exists"]),
+    ("pod toleration with Exists and a value", mutate("04-inferenceservice.yaml",
+     _set("spec.pod", {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "a100"}]})),
+     ["spec.pod.tolerations[0].value", "must be empty"]),
+    ("pod label key that is no label key", mutate("04-inferenceservice.yaml",
+     _set("spec.pod", {"labels": {"team/risk/x": "a"}})), ["spec.pod.labels", "label keys must be valid"]),
+    ("pod label value with a space", mutate("04-inferenceservice.yaml",
+     _set("spec.pod", {"labels": {"team": "risk team"}})), ["spec.pod.labels.team"]),
+    ("pod nodeSelector key with a space", mutate("01-dataset.yaml",
+     _set("spec.pod", {"nodeSelector": {"node pool": "a"}})), ["spec.pod.nodeSelector", "nodeSelector keys"]),
+    ("pod service account not a name", mutate("04-inferenceservice.yaml",
+     _set("spec.pod", {"serviceAccountName": "Model_Reader"})), ["spec.pod.serviceAccountName"]),
+    ("pipeline service accounts that differ", mutate("02-trainingpipeline.yaml",
+     _set("spec", {**example("02-trainingpipeline.yaml")["spec"], "serviceAccountName": "a",
+                   "pod": {"serviceAccountName": "b"}})), ["spec.serviceAccountName", "pod.serviceAccountName"]),
 ]
 
 
@@ -124,6 +150,20 @@ def test_model_version_spec_is_immutable_except_stage(kubectl, crds, namespace):
     promoted["spec"]["stage"] = "Production"
     kubectl.apply(yaml.safe_dump(promoted), "-n", namespace)
     assert kubectl.json("get", "modelversion", "iris-v1", "-n", namespace)["spec"]["stage"] == "Production"
+
+
+def test_pod_settings_are_accepted_and_a_tolerations_operator_defaulted(kubectl, crds, namespace):
+    body = example("02-trainingpipeline.yaml")
+    body["spec"]["serviceAccountName"] = "trainer"  # the older spelling, agreeing with the new one
+    body["spec"]["pod"] = {
+        "serviceAccountName": "trainer", "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule", "value": "a100"},
+                        {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
+        "annotations": {"example.com/cost-center": "ml 42", "team": ""},
+        "labels": {"example.com/team": "risk", "tier": ""}}
+    kubectl.apply(yaml.safe_dump(body), "-n", namespace)
+    pod = kubectl.json("get", "trainingpipeline", body["metadata"]["name"], "-n", namespace)["spec"]["pod"]
+    assert pod["tolerations"][0]["operator"] == "Equal" and pod["labels"] == body["spec"]["pod"]["labels"]
 
 
 def test_defaults_are_filled_in_by_the_apiserver(kubectl, crds, namespace):

@@ -151,8 +151,54 @@ def test_standalone_mode_has_one_replica_and_recreates(helm):
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-kiln"
 
 
+def test_replicas_get_a_disruption_budget_only_when_there_are_several(helm):
+    objs = objects(helm)
+    deployment, budget = one(objs, "Deployment"), one(objs, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert budget["metadata"]["namespace"] == "kiln-system"
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert one(objects(helm, "--set", "replicas=3"), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    for lone in (objects(helm, "-f", str(CHART / "ci/standalone-values.yaml")),
+                 objects(helm, "--set", "replicas=1")):
+        assert "PodDisruptionBudget" not in {o["kind"] for o in lone}
+
+
+def test_replicas_are_spread_over_nodes_by_preference(helm):
+    deployment = one(objects(helm), "Deployment")
+    (constraint,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    # ScheduleAnyway: one node (the local cluster) still schedules both replicas.
+    assert constraint == {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                          "whenUnsatisfiable": "ScheduleAnyway",
+                          "labelSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}}
+    # Constraints of one's own; a labelSelector given is kept as it is.
+    zoned = one(objects(helm, "-f", str(CHART / "ci/s3-values.yaml")), "Deployment")
+    spread = zoned["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [(c["topologyKey"], c["whenUnsatisfiable"]) for c in spread] == [
+        ("topology.kubernetes.io/zone", "DoNotSchedule"), ("kubernetes.io/hostname", "ScheduleAnyway")]
+    own = one(objects(helm, "--set", "topologySpreadConstraints[0].maxSkew=2",
+                      "--set", "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+                      "--set", "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+                      "--set", "topologySpreadConstraints[0].labelSelector.matchLabels.team=ml"), "Deployment")
+    (constraint,) = own["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert constraint["labelSelector"] == {"matchLabels": {"team": "ml"}} and constraint["maxSkew"] == 2
+    none = one(objects(helm, "--set", "topologySpreadConstraints=null"), "Deployment")
+    assert "topologySpreadConstraints" not in none["spec"]["template"]["spec"]
+
+
+def test_global_values_of_an_umbrella_chart_are_accepted(helm):
+    """Helm hands `global` to every subchart; a schema refusing unknown keys must still take it."""
+    assert one(objects(helm, "--set", "global.foo=bar", "--set", "global.imageRegistry=r.example.com"),
+               "Deployment")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--set", "peering.enabled=false"], "replicas > 1 needs peering.enabled"),
+    (["--set", "topologySpreadConstraints[0].maxSkew=1", "--set",
+      "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname", "--set",
+      "topologySpreadConstraints[0].whenUnsatisfiable=Sometimes"], "whenUnsatisfiable"),
     (["--set", "replicaCount=2"], "replicaCount"),
     (["--set", "artifactStore.root=/data"], "artifactStore"),
     (["--set", "runtime.pullPolicy=Sometimes"], "pullPolicy"),

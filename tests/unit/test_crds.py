@@ -86,3 +86,25 @@ def test_defaults_live_in_the_schema():
     assert spec["search"]["default"]["trials"] == 1
     assert spec["search"]["properties"]["trials"]["default"] == 1
     assert spec["artifactFormat"]["default"] == "skops"
+
+
+def test_the_kinds_that_make_pods_share_one_pod_settings_schema():
+    def spec_of(plural):
+        return all_crds()[f"kiln.dev_{plural}.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+            "properties"]["spec"]
+    pods = {plural: spec_of(plural)["properties"]["pod"]
+            for plural in ("inferenceservices", "trainingpipelines", "datasets")}
+    shapes = [{k: v for k, v in p.items() if k != "description"} for p in pods.values()]
+    assert shapes[0] == shapes[1] == shapes[2]
+    fields = shapes[0]["properties"]
+    assert set(fields) == {"serviceAccountName", "nodeSelector", "tolerations", "annotations", "labels"}
+    toleration = fields["tolerations"]["items"]
+    assert toleration["properties"]["operator"]["enum"] == ["Exists", "Equal"]
+    assert toleration["properties"]["effect"]["enum"] == ["NoSchedule", "PreferNoSchedule", "NoExecute"]
+    assert {r["fieldPath"] for r in toleration["x-kubernetes-validations"]} == {".key", ".value", ".tolerationSeconds"}
+    for name in ("nodeSelector", "annotations", "labels"):  # keys checked by CEL, bounded for its cost
+        assert fields[name]["maxProperties"] and fields[name]["x-kubernetes-validations"]
+    # The pipeline's older field stays, and must agree with pod.serviceAccountName when both are set.
+    pipeline = spec_of("trainingpipelines")
+    assert "serviceAccountName" in pipeline["properties"]
+    assert any(r.get("fieldPath") == ".serviceAccountName" for r in pipeline["x-kubernetes-validations"])

@@ -120,3 +120,40 @@ def test_without_feedback_the_server_relays_nothing_and_the_sidecar_logs_nothing
     server, monitor = serving.deployment(ISVC, MV, "primary", CFG)["spec"]["template"]["spec"]["containers"]
     assert "KILN_MONITOR_URL" not in env_of(server)
     assert not {"KILN_PAYLOAD_URI", "KILN_LABELLED_URI"} & set(env_of(monitor))
+
+
+POD = {"serviceAccountName": "model-reader", "nodeSelector": {"pool": "inference"},
+       "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+       "annotations": {"example.com/team": "risk", "prometheus.io/port": "9999"},
+       "labels": {"team": "risk", "app.kubernetes.io/name": "mine", "app.kubernetes.io/instance": "other",
+                  "kiln.dev/role": "canary"}}
+
+
+def test_spec_pod_reaches_the_serving_pods_and_never_overrides_kilns_labels_or_annotations():
+    isvc = json.loads(json.dumps(ISVC))
+    isvc["spec"]["pod"] = POD
+    plain = serving.deployment(ISVC, MV, "primary", CFG)
+    for role in ("primary", "canary"):
+        dep = serving.deployment(isvc, MV, role, CFG)
+        template = dep["spec"]["template"]
+        pod = template["spec"]
+        assert pod["serviceAccountName"] == "model-reader" and pod["nodeSelector"] == {"pool": "inference"}
+        assert pod["tolerations"] == POD["tolerations"]
+        assert pod["automountServiceAccountToken"] is False  # a ServiceAccount of one's own changes nothing here
+        labels, annotations = template["metadata"]["labels"], template["metadata"]["annotations"]
+        assert labels["team"] == "risk" and annotations["example.com/team"] == "risk"
+        # Kiln's labels win: the Deployment's and the Service's selectors still find the pods.
+        assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert serving.service(isvc)["spec"]["selector"].items() <= labels.items()
+        assert labels["kiln.dev/role"] == role and labels["app.kubernetes.io/name"] == "kiln-serve"
+        # Kiln's scrape annotations stay.
+        assert annotations["prometheus.io/port"] == "8080" and annotations["prometheus.io/scrape"] == "true"
+        # The rest of the pod is what it is without spec.pod.
+        bare = {k: v for k, v in pod.items() if k not in ("serviceAccountName", "nodeSelector", "tolerations")}
+        assert bare == plain["spec"]["template"]["spec"]
+    # Without spec.pod: none of it, and the namespace's default ServiceAccount.
+    pod = plain["spec"]["template"]["spec"]
+    assert not {"serviceAccountName", "nodeSelector", "tolerations"} & pod.keys()
+    assert set(plain["spec"]["template"]["metadata"]["annotations"]) == {
+        "prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"}
+    assert ISVC["spec"].get("pod") is None  # the builder copied, never mutated, the spec

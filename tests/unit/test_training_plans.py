@@ -179,6 +179,62 @@ def test_no_more_trial_pods_than_the_space_has_combinations():
     assert trials["spec"]["completions"] == 6 and trials["spec"]["maxFailedIndexes"] == 5
 
 
+POD = {"serviceAccountName": "trainer", "nodeSelector": {"pool": "training"},
+       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                       {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
+       "annotations": {"example.com/cost-center": "ml"},
+       "labels": {"team": "risk", "kiln.dev/run": "r99", "kiln.dev/step": "mine",
+                  "app.kubernetes.io/instance": "other"}}
+
+
+def assert_pod_settings(job_: dict, account: str = "trainer") -> None:
+    template = job_["spec"]["template"]
+    pod = template["spec"]
+    assert pod["serviceAccountName"] == account and pod["nodeSelector"] == {"pool": "training"}
+    assert pod["tolerations"] == POD["tolerations"]
+    assert template["metadata"]["annotations"] == {"example.com/cost-center": "ml"}
+    labels = template["metadata"]["labels"]
+    assert labels["team"] == "risk"
+    # Kiln's own labels win: runs, steps and owners are still found by them.
+    assert job_["metadata"]["labels"].items() <= labels.items()
+
+
+def test_spec_pod_reaches_the_trial_selection_and_validation_pods():
+    ds = ready_dataset()
+    ds["spec"]["pod"] = POD
+    validation = datasets.plan(ds, JobView(None), CFG, NOW).apply[0]
+    assert_pod_settings(validation)
+    assert validation["spec"]["template"]["metadata"]["labels"]["kiln.dev/step"] == "validate"
+    tp = example("02-trainingpipeline.yaml")
+    tp["spec"]["pod"] = POD
+    (trials,) = pipelines.plan(tp, observed(ds), CFG, NOW).apply
+    assert_pod_settings(trials)
+    assert trials["spec"]["template"]["metadata"]["labels"]["kiln.dev/run"] == "r1"
+    tp = running(tp)
+    name = training.run_job_name(tp, "r1", "trials")
+    (select,) = pipelines.plan(tp, observed(ds, {name: JobView(job("Complete", 8))}), CFG, NOW).apply
+    assert_pod_settings(select)
+    assert select["spec"]["template"]["metadata"]["labels"]["kiln.dev/step"] == "select"
+    # The verify Job belongs to a ModelVersion, which has no pod settings: untouched.
+    verify = training.verify_job(registered(), CFG)["spec"]["template"]
+    assert "annotations" not in verify["metadata"] and "serviceAccountName" not in verify["spec"]
+
+
+def test_the_older_service_account_field_still_works_and_spec_pod_wins():
+    tp = example("02-trainingpipeline.yaml")
+    tp["spec"]["serviceAccountName"] = "legacy"
+    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    pod = trials["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "legacy" and "nodeSelector" not in pod and "tolerations" not in pod
+    assert "annotations" not in trials["spec"]["template"]["metadata"]
+    tp["spec"]["pod"] = {"nodeSelector": {"pool": "training"}}
+    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    assert trials["spec"]["template"]["spec"]["serviceAccountName"] == "legacy"
+    tp["spec"]["pod"] = POD
+    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    assert_pod_settings(trials)
+
+
 def running(tp: dict, phase: str = "Running", run_id: str = "r1") -> dict:
     tp = copy.deepcopy(tp)
     tp["status"] = {"lastRun": run_id, "lastRunGeneration": 1, "lastDatasetVersion": VERSION,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import defaulted, ApiModel, LocalObjectReference, StatusBase, cel, validations
+from .base import defaulted, ApiModel, LocalObjectReference, PodSettings, StatusBase, cel, validations
 
 ColumnType = Literal["number", "integer", "category", "boolean"]
 
@@ -122,6 +122,8 @@ class DatasetSpec(ApiModel):
     """Train on the newest rows or days only; unset: all of the data."""
     retention: Retention = defaulted(Retention)
     """How many data versions are kept."""
+    pod: PodSettings | None = None
+    """ServiceAccount, node selector, tolerations, labels and annotations of the validation Job's pod."""
 
 
 class CheckFailure(ApiModel):

@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, Resources, StatusBase, cel, validations
+from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, PodSettings, Resources, StatusBase, cel, \
+    validations
 
 ServedStage = Literal["Staging", "Production"]
 # DNS-1123 subdomain: a listener's sectionName; a hostname may also start with one `*.` wildcard label.
@@ -211,6 +212,9 @@ class InferenceServiceSpec(ApiModel):
     """Rollout safety."""
     resources: Resources | None = None
     """Resources of the model server container."""
+    pod: PodSettings | None = None
+    """ServiceAccount, node selector, tolerations, labels and annotations of the serving pods (every
+    role); a change rolls the pods like a new version does."""
     return_probabilities: bool = False
     """Include class probabilities in answers by default."""
     allow_unverified: bool = False

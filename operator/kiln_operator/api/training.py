@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, Resources, StatusBase, cel, validations
+from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, PodSettings, Resources, StatusBase, cel, \
+    validations
 
 # The estimators Kiln trains: import paths are resolved by the runtime, never taken from the user.
 CLASSIFIERS = (
@@ -118,6 +119,10 @@ class TrainingPipelineSpec(ApiModel):
                 ".artifactFormat"),
             cel("self.search.parallelism <= self.search.trials",
                 "search.parallelism must not exceed search.trials", ".search.parallelism"),
+            cel("!has(self.serviceAccountName) || !has(self.pod) || !has(self.pod.serviceAccountName) || "
+                "self.pod.serviceAccountName == self.serviceAccountName",
+                "serviceAccountName and pod.serviceAccountName differ: set pod.serviceAccountName only "
+                "(serviceAccountName is its older spelling)", ".serviceAccountName"),
         )
     }
 
@@ -154,7 +159,11 @@ class TrainingPipelineSpec(ApiModel):
     resources: Resources | None = None
     """Resources of each trial's container."""
     service_account_name: str | None = None
-    """ServiceAccount of the training pods."""
+    """ServiceAccount of the training pods: the older spelling of `pod.serviceAccountName`, still honoured
+    when that is unset."""
+    pod: PodSettings | None = None
+    """ServiceAccount, node selector, tolerations, labels and annotations of the trial and selection
+    Jobs' pods."""
 
 
 RunPhase = Literal["Pending", "Running", "Selecting", "Registering", "Succeeded", "Failed", "GateFailed",

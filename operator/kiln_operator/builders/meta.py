@@ -61,6 +61,34 @@ def short_name(*parts: str, limit: int = 63) -> str:
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
+def pod_metadata(settings: dict[str, Any] | None, labels: dict[str, str],
+                 annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod template's metadata: the user's labels and annotations (`spec.pod`) under Kiln's own, which
+    win, so selectors and Kiln's scrape annotations hold whatever the user sets."""
+    settings = settings or {}
+    meta: dict[str, Any] = {"labels": {**(settings.get("labels") or {}), **labels}}
+    merged = {**(settings.get("annotations") or {}), **(annotations or {})}
+    if merged:
+        meta["annotations"] = merged
+    return meta
+
+
+def with_pod_settings(pod_spec: dict[str, Any], settings: dict[str, Any] | None,
+                      service_account: str | None = None) -> dict[str, Any]:
+    """A pod spec with the user's ServiceAccount, node selector and tolerations (`spec.pod`);
+    `service_account` is a fallback for when `spec.pod` names none."""
+    settings = settings or {}
+    account = settings.get("serviceAccountName") or service_account
+    extra: dict[str, Any] = {}
+    if account:
+        extra["serviceAccountName"] = account
+    if settings.get("nodeSelector"):
+        extra["nodeSelector"] = dict(settings["nodeSelector"])
+    if settings.get("tolerations"):
+        extra["tolerations"] = [dict(t) for t in settings["tolerations"]]
+    return {**pod_spec, **extra}
+
+
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,

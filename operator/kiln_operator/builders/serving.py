@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import OperatorConfig
 from .meta import LABEL_MODEL, LABEL_ROLE, LABEL_VERSION, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, \
-    short_name
+    pod_metadata, short_name, with_pod_settings
 
 # The Gateway API's HTTPRoute: optional, only used when the cluster serves it (k8s.serves).
 ROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -177,13 +177,13 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: Operato
             "selector": {"matchLabels": {**selector(isvc), LABEL_ROLE: role}},
             "progressDeadlineSeconds": spec.get("rollout", {}).get("progressDeadlineSeconds", 300),
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            # spec.pod: the user's ServiceAccount, scheduling, labels and annotations; Kiln's labels
+            # (the selector's among them) and prometheus.io/* annotations win over the user's.
             "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(SERVER_PORT),
-                                    "prometheus.io/path": "/metrics"},
-                },
-                "spec": {
+                "metadata": pod_metadata(spec.get("pod"), pod_labels, {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(SERVER_PORT),
+                    "prometheus.io/path": "/metrics"}),
+                "spec": with_pod_settings({
                     "securityContext": RESTRICTED_POD,
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": 30,
@@ -191,7 +191,7 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: Operato
                     "containers": containers,
                     "volumes": [{"name": "handoff", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
-                },
+                }, spec.get("pod")),
             },
         },
     }

@@ -13,7 +13,8 @@ import math
 from typing import Any
 
 from ..config import OperatorConfig
-from .meta import LABEL_RUN, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, short_name
+from .meta import LABEL_RUN, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, pod_metadata, short_name, \
+    with_pod_settings
 
 EXIT_PERMANENT = 10  # kiln-train: bad spec, bad data, wrong credentials: retrying cannot help
 EXIT_CRASH = 12  # kiln-train: unexpected; retried only within the Job's small backoff
@@ -62,8 +63,10 @@ def _container(cfg: OperatorConfig, args: list[str], config: dict[str, Any],
 
 
 def _job(owner: dict[str, Any], name: str, container: dict[str, Any], *, labels: dict[str, str],
-         service_account: str | None = None, extra_spec: dict[str, Any] | None = None,
-         on_permanent: str = "FailJob") -> dict[str, Any]:
+         pod: dict[str, Any] | None = None, service_account: str | None = None,
+         extra_spec: dict[str, Any] | None = None, on_permanent: str = "FailJob") -> dict[str, Any]:
+    """`pod`: the owner's `spec.pod` (ServiceAccount, scheduling, labels, annotations; Kiln's labels win);
+    `service_account`: the ServiceAccount when `pod` names none."""
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": RESTRICTED_POD,
@@ -72,8 +75,6 @@ def _job(owner: dict[str, Any], name: str, container: dict[str, Any], *, labels:
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     }
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
     meta = child_metadata(owner, name, COMPONENT, **labels)
     return {
         "apiVersion": "batch/v1",
@@ -86,7 +87,8 @@ def _job(owner: dict[str, Any], name: str, container: dict[str, Any], *, labels:
                                                       "values": [EXIT_PERMANENT]}},
             ]},
             **(extra_spec or {}),
-            "template": {"metadata": {"labels": meta["labels"]}, "spec": pod_spec},
+            "template": {"metadata": pod_metadata(pod, meta["labels"]),
+                         "spec": with_pod_settings(pod_spec, pod, service_account)},
         },
     }
 
@@ -99,7 +101,7 @@ def validation_job(dataset: dict[str, Any], token: str, output: str, cfg: Operat
         config["keepVersions"] = keep_versions
     job = _job(dataset, validation_job_name(dataset, token),
                _container(cfg, ["validate-dataset"], config, None), labels={"kiln.dev/step": "validate"},
-               extra_spec={"backoffLimit": 2})
+               pod=dataset["spec"].get("pod"), extra_spec={"backoffLimit": 2})
     return job
 
 
@@ -145,7 +147,7 @@ def trials_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cf
     return _job(pipeline, run_job_name(pipeline, run_id, "trials"),
                 _container(cfg, ["trial"], config, spec.get("resources")),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "trials"},
-                service_account=spec.get("serviceAccountName"),
+                pod=spec.get("pod"), service_account=spec.get("serviceAccountName"),
                 # A trial with a parameter scikit-learn rejects fails its own index only.
                 on_permanent="FailIndex",
                 extra_spec={
@@ -163,7 +165,7 @@ def select_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cf
     return _job(pipeline, run_job_name(pipeline, run_id, "select"),
                 _container(cfg, ["select"], config, spec.get("resources")),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "select"},
-                service_account=spec.get("serviceAccountName"), extra_spec={"backoffLimit": 1})
+                pod=spec.get("pod"), service_account=spec.get("serviceAccountName"), extra_spec={"backoffLimit": 1})
 
 
 def verify_job_name(mv: dict[str, Any]) -> str:
@@ -172,7 +174,8 @@ def verify_job_name(mv: dict[str, Any]) -> str:
 
 def verify_job(mv: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     """Checks the artifact's digest (and that it loads without running code) in a pod of the runtime
-    image, so the operator never fetches a model itself."""
+    image, so the operator never fetches a model itself. No `spec.pod` here: a ModelVersion has no pod
+    settings of its own (and may have no pipeline), so the check runs as the namespace's default."""
     artifact = mv["spec"]["artifact"]
     args = ["verify", "--uri", artifact["uri"], "--sha256", artifact["sha256"]]
     if artifact.get("onnx"):  # the server may serve this file instead: it is checked alike
