@@ -45,11 +45,14 @@ def _query(base_url: str, query: str, by: str) -> dict[str, float]:
     return {r["metric"].get(by, ""): float(r["value"][1]) for r in result}
 
 
-def from_prometheus(base_url: str, namespace: str, model: str, version: str) -> drift.Verdict | None:
-    """The verdict of the sidecars serving `model` `version` in `namespace`: another namespace may serve
-    a model of the same name and version, and its drift is not this service's."""
-    where = f'namespace="{namespace}",model="{model}",version="{version}"'
+def selector(namespace: str, model: str, version: str) -> str:
+    """The label selector of one serving version's sidecars: another namespace may serve a model of the
+    same name and version, and its numbers are not this service's."""
+    return f'namespace="{namespace}",model="{model}",version="{version}"'
 
+
+def from_prometheus(base_url: str, where: str) -> drift.Verdict | None:
+    """The drift verdict of the sidecars `where` selects (`selector`)."""
     def per_feature(metric: str) -> dict[str, float]:
         found = _query(base_url, f"max by (feature) ({metric}{{{where}}})", "feature")
         return {k: v for k, v in found.items() if k}
@@ -57,9 +60,8 @@ def from_prometheus(base_url: str, namespace: str, model: str, version: str) -> 
     return drift.from_prometheus(per_feature("kiln_feature_drift_psi"), per_feature("kiln_feature_drift_detected"))
 
 
-def quality_from_prometheus(base_url: str, namespace: str, model: str, version: str) -> quality.Verdict | None:
+def quality_from_prometheus(base_url: str, where: str) -> quality.Verdict | None:
     """The same live quality from the sidecars' gauges: each metric weighted by the pods' labelled rows."""
-    where = f'namespace="{namespace}",model="{model}",version="{version}"'
     rows = _query(base_url, f"sum(kiln_live_quality_rows{{{where}}})", "").get("", 0.0)
     if not rows:
         return None

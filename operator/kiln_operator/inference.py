@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import registry
 from .builders import serving
 from .builders.meta import LABEL_ROLE, LABEL_VERSION
 from .builders.serving import ROUTE_API_VERSION
@@ -66,12 +67,6 @@ def resolve(selector: dict[str, Any], model_name: str | None, mvs: list[dict[str
         raise Unresolved(f"no ModelVersion of model {model!r} is in stage {stage}")
     # Promotion leaves at most one version per stage; should two briefly coexist, the newest wins.
     return max(staged, key=lambda m: m["spec"]["version"])
-
-
-def verified(mv: dict[str, Any]) -> bool:
-    """Whether the registry checked this version's artifact against its digest."""
-    return bool((mv.get("status") or {}).get("verifiedSha256")) and \
-        mv["status"]["verifiedSha256"] == mv["spec"].get("artifact", {}).get("sha256")
 
 
 def unverified_reason(mv: dict[str, Any]) -> tuple[str, str]:
@@ -145,7 +140,7 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
         return out
     target_name = target["metadata"]["name"]
     allow_unverified = spec.get("allowUnverified", False)
-    if target_name != serving_name and not allow_unverified and not verified(target):
+    if target_name != serving_name and not allow_unverified and not registry.verified(target):
         reason, message = unverified_reason(target)
         if serving_name not in by_name:
             out.conditions.append(("Ready", "False", reason, message))
@@ -192,7 +187,7 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
             out.conditions.append(("Ready", "False", "CanaryNotFound", str(exc)))
             out.events.append(("Warning", "CanaryNotFound", str(exc)))
             return out
-        if not allow_unverified and not verified(canary) and canary["metadata"]["name"] != status.get("canaryVersion"):
+        if not allow_unverified and not registry.verified(canary) and canary["metadata"]["name"] != status.get("canaryVersion"):
             reason, message = unverified_reason(canary)
             out.conditions.append(("Progressing", "False", reason, f"canary: {message}"))
             canary = by_name.get(status.get("canaryVersion") or "")

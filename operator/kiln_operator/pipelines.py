@@ -43,6 +43,11 @@ class Observed:
 FRESH_DATA_TRIGGERS = ("drift", "quality")
 
 
+def run_request(pipeline: dict[str, Any]) -> str | None:
+    """The `kiln.dev/run-requested` value: how drift, quality and people ask for a run."""
+    return (pipeline["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
+
+
 def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -65,7 +70,7 @@ def _trigger(pipeline: dict[str, Any], dataset: dict[str, Any], now: str) -> str
         return "create"
     if status.get("lastRunGeneration") not in (None, meta.get("generation")):
         return "specChange"
-    request = (meta.get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
+    request = run_request(pipeline)
     if request and request != status.get("lastRunRequest"):
         for trigger, allowed in (("drift", "onDrift"), ("quality", "onQuality")):
             if request.startswith(trigger):
@@ -108,7 +113,7 @@ def _start_run(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Obse
               f"{version['version'][:12]}{against}")
     out.status.update(lastRun=run_id, lastRunGeneration=pipeline["metadata"].get("generation"),
                       lastDatasetVersion=version["version"])
-    request = (pipeline["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
+    request = run_request(pipeline)
     if request:
         out.status["lastRunRequest"] = request
     return {"id": run_id, "phase": "Running", "trigger": trigger, "job": training.run_job_name(pipeline, run_id, "trials"),
@@ -123,7 +128,7 @@ def _fresh_data(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Obs
     request (recording it as acted on) otherwise."""
     if trigger not in FRESH_DATA_TRIGGERS or pipeline["spec"].get("datasetVersion"):
         return True
-    request = (pipeline["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
+    request = run_request(pipeline)
     if (dataset.get("status") or {}).get("lastRefresh") != request:
         out.refresh = request
         return False
@@ -240,7 +245,7 @@ def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now:
         else:
             out.event("Normal", "RunSkipped", f"a run was requested ({trigger}) while run {active[0]['id']} "
                       "is active (concurrencyPolicy Forbid)")
-            request = (pipeline["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
+            request = run_request(pipeline)
             if request:
                 out.status["lastRunRequest"] = request
             trigger = None

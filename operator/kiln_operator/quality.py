@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .api.training import LOWER_IS_BETTER
 from .drift import Outcome, ask_for_run, unchanged_since
-
-LOWER_IS_BETTER = ("mae", "rmse")
 
 
 @dataclass

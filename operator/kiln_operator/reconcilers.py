@@ -166,9 +166,23 @@ def reconcile_inference(body: dict[str, Any]) -> Wakeup:
     return wake
 
 
-# When each service's drift was last read: the cadence lives here, not in status, so reading drift
-# writes nothing unless the verdict changed.
-_drift_read: dict[tuple[str, str], float] = {}
+class Cadence:
+    """When each object last did a periodic read (drift, a source listing). It lives in memory, not in
+    status, so a read that finds nothing new writes nothing; a restart reads again at once."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+
+    def remaining(self, body: dict[str, Any], every: float) -> float:
+        """Seconds until the next read of `body` is due; 0 when it is due now."""
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        return max(every - (datetime.now(timezone.utc).timestamp() - self._last.get(key, 0.0)), 0.0)
+
+    def done(self, body: dict[str, Any]) -> None:
+        self._last[(body["metadata"]["namespace"], body["metadata"]["name"])] = datetime.now(timezone.utc).timestamp()
+
+
+_drift_read = Cadence()
 
 
 def watch_drift(isvc: dict[str, Any], observed: inference.Observed, result: Plan) -> Wakeup:
@@ -180,30 +194,27 @@ def watch_drift(isvc: dict[str, Any], observed: inference.Observed, result: Plan
     serving_version = result.status.get("modelVersion") or (isvc.get("status") or {}).get("modelVersion")
     if not (drift_spec.get("enabled", True) or watch_quality) or not serving_version:
         return None
-    key = (isvc["metadata"]["namespace"], isvc["metadata"]["name"])
-    now_s = datetime.now(timezone.utc).timestamp()
-    since = now_s - _drift_read.get(key, 0.0)
-    if since < drift.READ_EVERY_SECONDS:
-        return drift.READ_EVERY_SECONDS - since
-    _drift_read[key] = now_s
+    wait = _drift_read.remaining(isvc, drift.READ_EVERY_SECONDS)
+    if wait:
+        return wait
+    _drift_read.done(isvc)
     now = now_rfc3339()
-    ns = isvc["metadata"]["namespace"]
     mv = next((m for m in observed.model_versions if m["metadata"]["name"] == serving_version), None)
     outcomes = []
-    reports = None
-    if not CONFIG.prometheus_url or not mv:
+    reports, where = None, None
+    if CONFIG.prometheus_url and mv:
+        where = drift_sources.selector(isvc["metadata"]["namespace"], mv["spec"]["modelName"], str(mv["spec"]["version"]))
+    else:
         reports = drift_sources.sidecar_reports(observed.pods, serving_version)
     if drift_spec.get("enabled", True):
-        if reports is None:
-            verdict = drift_sources.from_prometheus(CONFIG.prometheus_url, ns, mv["spec"]["modelName"],
-                                                    str(mv["spec"]["version"]))
+        if where:
+            verdict = drift_sources.from_prometheus(CONFIG.prometheus_url, where)
         else:
             verdict = drift.from_reports(reports)
         outcomes.append((drift.plan(isvc, verdict, now), drift_spec.get("pipelineRef")))
     if watch_quality:
-        if reports is None:
-            live = drift_sources.quality_from_prometheus(CONFIG.prometheus_url, ns, mv["spec"]["modelName"],
-                                                         str(mv["spec"]["version"]))
+        if where:
+            live = drift_sources.quality_from_prometheus(CONFIG.prometheus_url, where)
         else:
             live = quality.from_reports(reports)
         floor = spec.get("monitoring", {}).get("quality") or {}
@@ -257,9 +268,7 @@ def observe_jobs(owner: dict[str, Any]) -> dict[str, JobView]:
 DATASET = kind_by_name("Dataset")
 
 
-# When each Dataset's source was last listed: the cadence lives here, so a check that finds nothing
-# new writes nothing.
-_source_checked: dict[tuple[str, str], float] = {}
+_source_checked = Cadence()
 
 
 def check_source(body: dict[str, Any], result_conditions: list) -> tuple[str | None, Wakeup]:
@@ -271,12 +280,10 @@ def check_source(body: dict[str, Any], result_conditions: list) -> tuple[str | N
     interval = spec_source.get("checkIntervalSeconds")
     if not interval:
         return None, None
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    now_s = datetime.now(timezone.utc).timestamp()
-    since = now_s - _source_checked.get(key, 0.0)
-    if since < interval and last:
-        return last, interval - since
-    _source_checked[key] = now_s
+    wait = _source_checked.remaining(body, interval)
+    if wait and last:
+        return last, wait
+    _source_checked.done(body)
     try:
         listing = sources.list_source(spec_source["uri"], CONFIG.s3_endpoint, CONFIG.s3_region)
     except sources.SourceUnavailable as exc:

@@ -53,6 +53,12 @@ def to_archive(mvs: list[dict[str, Any]], model: str, keep: str) -> list[str]:
             and (mv["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == training.MANAGED_BY]
 
 
+def verified(mv: dict[str, Any]) -> bool:
+    """Whether the registry checked this version's artifact against its digest."""
+    digest = mv["spec"].get("artifact", {}).get("sha256")
+    return bool(digest) and (mv.get("status") or {}).get("verifiedSha256") == digest
+
+
 def served_by(mv: dict[str, Any], isvcs: list[dict[str, Any]]) -> list[str]:
     """The InferenceServices serving this version (as primary or canary), by name."""
     name = mv["metadata"]["name"]
@@ -76,7 +82,7 @@ def plan_model_version(mv: dict[str, Any], verify: JobView, cfg: OperatorConfig,
             out.event("Normal", "StageChanged", f"{mv['metadata']['name']}: {history[-2]['stage']} -> {stage}")
     registered = f"{spec['modelName']} v{spec['version']} in stage {stage}"
     digest = spec["artifact"]["sha256"]
-    if status.get("verifiedSha256") == digest:
+    if verified(mv):
         out.condition("Verified", "True", "DigestMatches", f"sha256 {digest[:12]} checked")
         out.condition("Ready", "True", "Verified", registered)
         return out

@@ -138,7 +138,8 @@ def test_every_panel_returns_data_and_drift_fires_an_alert(kubectl, namespace, p
     assert not missing, f"panels without data: {missing}"
     # The operator's reading of live quality through Prometheus: every fed-back request had one wrong
     # label in 20, so the window's accuracy is 0.95 exactly.
-    live = prometheus.wait_for(lambda: drift_sources.quality_from_prometheus(prometheus.url, namespace, "m", "1"),
+    live = prometheus.wait_for(lambda: drift_sources.quality_from_prometheus(
+        prometheus.url, drift_sources.selector(namespace, "m", "1")),
                                timeout=30, what="live quality in Prometheus")
     assert live.rows == 200 and live.metrics["accuracy"] == pytest.approx(0.95)
     up = prometheus.query(f'up{{namespace="{namespace}"}}')
