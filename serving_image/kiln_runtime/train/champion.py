@@ -19,7 +19,8 @@ from kiln_runtime.store import sha256_hex
 from . import artifacts, estimators
 from . import storeio as kio
 from .errors import SourceError, TrainError, Unreachable
-from .evaluate import LOWER_IS_BETTER, better, score
+from .evaluate import better, score
+from .gates import fmt, short_of, threshold_to_beat
 from .prepare import Prepared
 from .spec import Champion
 
@@ -36,10 +37,6 @@ class Verdict:
 
 class _Unavailable(Exception):
     pass
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.6g}"
 
 
 def _load(champ: Champion):
@@ -64,7 +61,7 @@ def _load(champ: Champion):
         raise _Unavailable(f"its artifact cannot be loaded safely ({exc.reason}): {exc}") from exc
 
 
-def _inputs(champ: Champion, prep: Prepared, version: str):
+def _inputs(champ: Champion, prep: Prepared):
     """The champion's input table for the challenger's test rows, built from its own signature."""
     typed = prep.typed.loc[prep.split.X_test.index]
     numeric = ("number", "integer", "boolean")
@@ -72,21 +69,20 @@ def _inputs(champ: Champion, prep: Prepared, version: str):
     for col in champ.inputs:
         have = schema.get(col.name)
         if have is None or col.name not in typed.columns:
-            raise _Unavailable(f"it needs feature {col.name}, which dataset version {version[:12]}… does not have")
+            raise _Unavailable(f"it needs feature {col.name}, which dataset version {prep.version[:12]}… does not have")
         if (have in numeric) != (col.type in numeric):
             raise _Unavailable(f"it takes {col.name} as {col.type}, the data has it as {have}")
     return estimators.model_frame(typed, champ.inputs)
 
 
-def judge(champ: Champion, prep: Prepared, metric: str, value: float | None, margin: float,
-          version: str) -> Verdict:
+def judge(champ: Champion, prep: Prepared, metric: str, value: float | None, margin: float) -> Verdict:
     """Whether the challenger's `value` of `metric` on the test split beats the champion's by `margin`
     (strictly better when the margin is 0)."""
     summary = {"name": champ.name, "metrics": None, "metric": metric, "value": None}
     rows = int(len(prep.split.y_test))
     try:
         model = _load(champ)
-        X = _inputs(champ, prep, version)
+        X = _inputs(champ, prep)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -105,16 +101,15 @@ def judge(champ: Champion, prep: Prepared, metric: str, value: float | None, mar
 
     theirs = metrics[metric]
     summary["value"] = theirs
-    lower = metric in LOWER_IS_BETTER
-    threshold = theirs - margin if lower else theirs + margin
+    threshold = threshold_to_beat(theirs, margin, metric)
     # Strictly better when the margin is 0; meeting a positive margin exactly is enough.
     passed = value is not None and (better(value, threshold, metric) or
                                     (margin > 0 and math.isclose(value, threshold, rel_tol=0, abs_tol=1e-12)))
     if passed:
         return Verdict(summary)
-    by = f" by {_fmt(margin)}" if margin else ""
-    message = (f"{metric} {_fmt(value) if value is not None else 'n/a'} does not beat {champ.name} "
-               f"({_fmt(theirs)}){by} on the test split of dataset version {version[:12]}… ({rows} rows)")
-    short = None if value is None else (value - threshold if lower else threshold - value)
+    by = f" by {fmt(margin)}" if margin else ""
+    message = (f"{metric} {fmt(value) if value is not None else 'n/a'} does not beat {champ.name} "
+               f"({fmt(theirs)}){by} on the test split of dataset version {prep.version[:12]}… ({rows} rows)")
+    short = None if value is None else short_of(value, threshold, metric)
     return Verdict(summary, {"gate": "champion", "metric": metric, "value": value, "champion": theirs,
                              "threshold": threshold, "shortBy": short, "message": message}, NOT_BEATEN)

@@ -22,8 +22,7 @@ from kiln_runtime.store import sha256_hex
 from . import sources, window
 from .errors import DatasetChanged
 from .spec import DatasetSpec, Window
-from .tables import parse_table  # noqa: F401 - the parser's long-standing home for callers
-from .validate import Failure
+from .validate import Failure, row_label
 
 
 @dataclass
@@ -37,7 +36,7 @@ class RawDataset:
     window: Window | None = None
 
     def where(self, i: int) -> str:
-        return self.origins.where(i) if self.origins is not None else f"row {i + 1}"
+        return self.origins.where(i) if self.origins is not None else row_label(i)
 
 
 def version_of(files: list[sources.SourceFile], win: Window | None, single: bool) -> str:

@@ -131,11 +131,6 @@ def score(model, X, y, task: str) -> dict[str, float]:
     return (classification_metrics if task == "classification" else regression_metrics)(model, X, y)
 
 
-def cross_validate(make_model, X, y: np.ndarray, task: str, folds: int, seed: int, metric: str) -> list[float]:
-    """The metric on each of `folds` folds of (X, y); `make_model()` gives a fresh unfitted model."""
-    return [m[metric] for m in cross_validate_all(make_model, X, y, task, folds, seed, metric)]
-
-
 def mean_metrics(per_fold: list[dict[str, float]]) -> dict[str, float]:
     """Each metric's mean over the folds, for the metrics every fold has."""
     names = [k for k in per_fold[0] if all(k in m for m in per_fold)]

@@ -6,8 +6,18 @@ from .evaluate import LOWER_IS_BETTER
 from .spec import Gate
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     return f"{x:.6g}"
+
+
+def threshold_to_beat(reference: float, margin: float, metric: str) -> float:
+    """The value a new model must reach to beat `reference` by `margin` (lower is better for losses)."""
+    return reference - margin if metric in LOWER_IS_BETTER else reference + margin
+
+
+def short_of(value: float, threshold: float, metric: str) -> float:
+    """How far `value` is from `threshold`, positive when it falls short."""
+    return value - threshold if metric in LOWER_IS_BETTER else threshold - value
 
 
 def check(metrics: dict[str, float], gates: tuple[Gate, ...], *, metric: str,
@@ -29,13 +39,13 @@ def check(metrics: dict[str, float], gates: tuple[Gate, ...], *, metric: str,
         if gate.min is not None and value < gate.min:
             short = gate.min - value
             failed.append({"gate": "min", "metric": gate.metric, "value": value, "threshold": gate.min,
-                           "shortBy": short, "message": f"{gate.metric} {_fmt(value)} is below the minimum "
-                           f"{_fmt(gate.min)} by {_fmt(short)}"})
+                           "shortBy": short, "message": f"{gate.metric} {fmt(value)} is below the minimum "
+                           f"{fmt(gate.min)} by {fmt(short)}"})
         if gate.max is not None and value > gate.max:
             short = value - gate.max
             failed.append({"gate": "max", "metric": gate.metric, "value": value, "threshold": gate.max,
-                           "shortBy": short, "message": f"{gate.metric} {_fmt(value)} is above the maximum "
-                           f"{_fmt(gate.max)} by {_fmt(short)}"})
+                           "shortBy": short, "message": f"{gate.metric} {fmt(value)} is above the maximum "
+                           f"{fmt(gate.max)} by {fmt(short)}"})
     if beat_production_by is not None and production:
         # The operator names the version by its object name; a bare number reads as "version 3".
         version = production.get("version") or production.get("name") or "?"
@@ -47,12 +57,12 @@ def check(metrics: dict[str, float], gates: tuple[Gate, ...], *, metric: str,
                            f"{'it has' if prod_value is None else 'this model has'} no {metric} metric"})
         else:
             lower = metric in LOWER_IS_BETTER
-            threshold = prod_value - beat_production_by if lower else prod_value + beat_production_by
-            short = value - threshold if lower else threshold - value
+            threshold = threshold_to_beat(prod_value, beat_production_by, metric)
+            short = short_of(value, threshold, metric)
             if short > 0:
                 failed.append({"gate": "beatProduction", "metric": metric, "value": value,
                                "threshold": threshold, "production": prod_value, "shortBy": short,
-                               "message": f"{metric} {_fmt(value)} does not beat Production version {version} "
-                               f"({_fmt(prod_value)}) by the margin {_fmt(beat_production_by)}: needs "
-                               f"{'at most' if lower else 'at least'} {_fmt(threshold)}, short by {_fmt(short)}"})
+                               "message": f"{metric} {fmt(value)} does not beat Production version {version} "
+                               f"({fmt(prod_value)}) by the margin {fmt(beat_production_by)}: needs "
+                               f"{'at most' if lower else 'at least'} {fmt(threshold)}, short by {fmt(short)}"})
     return failed

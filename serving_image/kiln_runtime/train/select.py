@@ -137,7 +137,7 @@ def run(cfg: Config) -> dict:
     reason = "GateFailed"
     if champ is not None:
         margin = champ.margin if champ.margin is not None else (pipeline.beat_production_by or 0.0)
-        verdict = champion.judge(champ, prep, metric, heldout.get(metric), margin, prep.version)
+        verdict = champion.judge(champ, prep, metric, heldout.get(metric), margin)
         base.update(champion=verdict.champion, challenger={"metric": metric, "value": heldout.get(metric)})
         if verdict.failed:
             failed.append(verdict.failed)

@@ -61,7 +61,7 @@ class Origins:
 
 @dataclass
 class Source:
-    frame: pd.DataFrame  # object columns, None = missing (dataset.parse_table's shape)
+    frame: pd.DataFrame  # object columns, None = missing (tables.parse_table's shape)
     files: list[SourceFile]
     origins: Origins
     failures: list[Failure]  # per-file problems the validator cannot see after concatenation

@@ -50,11 +50,11 @@ def category_text(value) -> str | None:
     return str(value)
 
 
-def _row(i: int) -> str:
+def row_label(i: int) -> str:
     return f"row {i + 1}"
 
 
-def _example(raw: pd.Series, bad: np.ndarray, where=_row) -> str:
+def _example(raw: pd.Series, bad: np.ndarray, where=row_label) -> str:
     i = int(np.flatnonzero(bad)[0])
     return f"{raw.iloc[i]!r} at {where(i)}"
 
@@ -65,7 +65,7 @@ def _blank_to_none(raw: pd.Series) -> pd.Series:
     return raw.where(~blank.astype(bool), None)
 
 
-def _numeric(col: Column, raw: pd.Series, failures: list[Failure], where=_row) -> pd.Series:
+def _numeric(col: Column, raw: pd.Series, failures: list[Failure], where=row_label) -> pd.Series:
     raw = _blank_to_none(raw)
     values = np.array(pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan))
     not_number = raw.notna().to_numpy() & np.isnan(values)
@@ -95,7 +95,7 @@ def _numeric(col: Column, raw: pd.Series, failures: list[Failure], where=_row) -
     return pd.Series(values, index=raw.index, name=col.name)
 
 
-def _boolean(col: Column, raw: pd.Series, failures: list[Failure], where=_row) -> pd.Series:
+def _boolean(col: Column, raw: pd.Series, failures: list[Failure], where=row_label) -> pd.Series:
     def convert(v):
         if v is None:
             return np.nan
@@ -117,7 +117,7 @@ def _boolean(col: Column, raw: pd.Series, failures: list[Failure], where=_row) -
                      dtype=np.float64)
 
 
-def _category(col: Column, raw: pd.Series, failures: list[Failure], where=_row) -> pd.Series:
+def _category(col: Column, raw: pd.Series, failures: list[Failure], where=row_label) -> pd.Series:
     values = [category_text(v) for v in raw.tolist()]
     values = [None if v is not None and not v.strip() else v for v in values]
     if col.allowed is not None:
@@ -138,7 +138,7 @@ def is_missing(series: pd.Series) -> np.ndarray:
     return series.isna().to_numpy()
 
 
-def validate(raw: pd.DataFrame, spec: DatasetSpec, where=_row) -> tuple[pd.DataFrame, list[Failure]]:
+def validate(raw: pd.DataFrame, spec: DatasetSpec, where=row_label) -> tuple[pd.DataFrame, list[Failure]]:
     """Types every schema column and runs every check; the typed table holds the schema's columns only.
     `where(i)` names row i (position) in messages: "row 8", or "labelled/x.parquet row 7" for a row of
     one file of a prefix."""

@@ -29,9 +29,8 @@ def run(cfg: Config) -> dict:
     profile = profile_frame(typed, [{"name": c.name, "type": c.type} for c in cfg.dataset.columns],
                             seed=PROFILE_SEED)
     uri = f"{cfg.output}/{raw.version}/profile.json"
-    body = kio.dumps(profile).encode()
     # Written once per version, like the snapshot; the digest reported is the stored object's.
-    digest = sha256_hex(kio.read(uri)) if kio.exists(uri) else kio.write(uri, body)
+    digest = sha256_hex(kio.read(uri)) if kio.exists(uri) else kio.write_json(uri, profile)
     snap = snapshot.store(cfg, raw, typed)
     rows = len(typed)
     summary = {"command": "validate-dataset", "result": "Succeeded", "version": raw.version, "rows": rows,

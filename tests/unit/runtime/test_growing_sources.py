@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from kiln_runtime import store
-from kiln_runtime.train import dataset, spec, validate
+from kiln_runtime.train import dataset, spec, tables, validate
 
 from .conftest import dataset_frame, pipeline
 
@@ -93,7 +93,7 @@ def test_the_snapshot_validates_again_unchanged(tmp_path, run_cli, grown):
     _, ds = grown
     s = run_cli("validate-dataset", {"dataset": ds, "output": f"file://{tmp_path}/ds"}).summary
     source_typed, _ = validate.validate(dataset.load(spec.parse_dataset(ds)).frame, spec.parse_dataset(ds))
-    again, failures = validate.validate(dataset.parse_table(Path(s["snapshotUri"][7:]).read_bytes(), "parquet"),
+    again, failures = validate.validate(tables.parse_table(Path(s["snapshotUri"][7:]).read_bytes(), "parquet"),
                                         spec.parse_dataset(ds))
     assert failures == []
     pd.testing.assert_frame_equal(again, source_typed.reset_index(drop=True), check_dtype=True)

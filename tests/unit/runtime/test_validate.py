@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kiln_runtime.train import dataset, spec, validate
+from kiln_runtime.train import spec, tables, validate
 from kiln_runtime.train.errors import InvalidData
 
 
@@ -14,7 +14,7 @@ def _spec(columns, target=None, **checks) -> spec.DatasetSpec:
 
 
 def _csv(text: str) -> pd.DataFrame:
-    return dataset.parse_table(text.encode(), "csv")
+    return tables.parse_table(text.encode(), "csv")
 
 
 def _checks(failures):
@@ -71,7 +71,7 @@ def test_parquet_keeps_native_types_and_categories_read_alike():
     frame = pd.DataFrame({"x": [1.0, None, 3.0], "c": [1, 2, 1], "b": [True, False, None]})
     buf = io.BytesIO()
     frame.to_parquet(buf)
-    raw = dataset.parse_table(buf.getvalue(), "parquet")
+    raw = tables.parse_table(buf.getvalue(), "parquet")
     typed, failures = validate.validate(raw, _spec([{"name": "x", "type": "number"},
                                                      {"name": "c", "type": "category", "allowed": ["1", "2"]},
                                                      {"name": "b", "type": "boolean"}]))
@@ -80,4 +80,4 @@ def test_parquet_keeps_native_types_and_categories_read_alike():
 
 def test_unreadable_files_are_invalid_data():
     with pytest.raises(InvalidData, match="not a readable parquet file"):
-        dataset.parse_table(b"not parquet", "parquet", "file:///d.parquet")
+        tables.parse_table(b"not parquet", "parquet", "file:///d.parquet")
