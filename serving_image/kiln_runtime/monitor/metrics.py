@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .feedback import RESULTS
 from .receiver import Counters
 
 # (metric name, report key, help) for per-feature gauges; a feature gets a sample only for the
@@ -156,7 +157,7 @@ class LoopCollector:
                                     "(joined, unknown, expired, duplicate, invalid, misdirected).",
                                     labels=[*names, "result"])
             totals = dict(self.feedback.labels_total)
-            for result in ("joined", "unknown", "expired", "duplicate", "invalid", "misdirected"):
+            for result in RESULTS:
                 m.add_metric([*base, result], totals.get(result, 0))
             yield m
         if self.quality is not None:

@@ -38,7 +38,6 @@ class App:
         self.name, self.version = settings.model_name, settings.model_version
         self.ids = request_ids or RequestIds()
         self._choose_id = self.ids.choose
-        self._v2_head, self._v2_tail = codec_v2.id_prefix_parts(self.name, self.version)
         self.feedback = feedback  # serve.feedback.Relay, or None when no monitor URL is set
         self.sig, self.runtime, self.metrics, self.drift = sig, runtime, metrics, drift
         self.max_payload = settings.max_payload_bytes
@@ -93,7 +92,7 @@ class App:
         rows, x, n, proba, ctx = self.v2.decode(body, header_len)
         if ctx.body_id is not None and slot.rid is not header_id:  # the header's id, if sane, wins
             slot.rid = self._choose_id(None, ctx.body_id)
-        ctx.prefix = self._v2_head + slot.rid + self._v2_tail
+        ctx.prefix = self.v2.answer_head(slot.rid)
         self._submit(Item(conn, slot, rows, x, n, _v2_encode, proba, "inputs[0].data", ctx))
 
     def _route(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:

@@ -66,31 +66,22 @@ class V2Context:
 
     __slots__ = ("prefix", "outputs", "body_id")
 
-    def __init__(self, prefix: bytes, outputs, body_id: str | None = None):
-        self.prefix = prefix
+    def __init__(self, prefix: bytes | None, outputs, body_id: str | None = None):
+        self.prefix = prefix  # set once the request id is chosen (Decoder.answer_head)
         self.outputs = outputs  # None: predict as JSON; else [(requested name, canonical, binary)]
         self.body_id = body_id  # the request's own `id`, a candidate for the request id
-
-
-def id_prefix_parts(model: str, version: str) -> tuple[bytes, bytes]:
-    """The answer's head around its id: head + id + tail. The id is a sane token (request_ids), so
-    it goes in without JSON escaping."""
-    return (b'{"model_name":' + _dumps(model) + b',"model_version":' + _dumps(version) + b',"id":"',
-            b'","outputs":[')
-
-
-def response_prefix(model: str, version: str, request_id=None) -> bytes:
-    head = b'{"model_name":' + _dumps(model) + b',"model_version":' + _dumps(version)
-    if request_id is not None:
-        head += b',"id":' + _dumps(request_id)
-    return head + b',"outputs":['
 
 
 class Decoder:
     def __init__(self, model: str, version: str, sig: Signature, has_proba: bool):
         self.sig, self.has_proba = sig, has_proba
         self.model, self.version = model, version
-        self.prefix = response_prefix(model, version)
+        self._head = b'{"model_name":' + _dumps(model) + b',"model_version":' + _dumps(version) + b',"id":"'
+
+    def answer_head(self, request_id: bytes) -> bytes:
+        """The answer's JSON up to its outputs. The id is a sane token (request_ids): it goes in without
+        JSON escaping."""
+        return self._head + request_id + b'","outputs":['
 
     def decode(self, body: bytes, header_length: bytes | None):
         """-> (rows or None, matrix or None, row count, probabilities wanted, V2Context)."""
@@ -124,8 +115,7 @@ class Decoder:
         request_id = doc.get("id")
         if request_id is not None and type(request_id) is not str:
             raise BadRequest("'id' must be a string")
-        prefix = self.prefix if request_id is None else response_prefix(self.model, self.version, request_id)
-        ctx = V2Context(prefix, outputs, request_id)
+        ctx = V2Context(None, outputs, request_id)
         tensors = self._tensors(inputs, binary)
         sig = self.sig
         if len(tensors) == 1:

@@ -43,10 +43,8 @@ class RequestIds:
 
     def choose(self, header: bytes | None, body_id=None) -> bytes:
         """The header's id if sane, else the body's if sane, else a new one."""
-        if header is not None and _SANE.fullmatch(header) is not None:
+        if header is not None and sane(header):
             return header
-        if body_id is not None and type(body_id) is str and body_id.isascii():
-            raw = body_id.encode()
-            if _SANE.fullmatch(raw) is not None:
-                return raw
+        if type(body_id) is str and sane(body_id):
+            return body_id.encode()
         return self.issue()

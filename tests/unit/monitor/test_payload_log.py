@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import pytest
 
 from kiln_runtime.handoff import decode_frame, encode_frame
 from kiln_runtime.monitor.payload_log import (BUFFER_FULL, STORE_ERROR, FrameBlock, ParquetLog, sampled)

@@ -81,8 +81,10 @@ def test_v2_binary_tensor_and_binary_outputs(sig20):
                          "outputs": [{"name": "predict", "parameters": {"binary_data": True}},
                                      {"name": "probabilities"}]})
     head = head.replace(b',"data":null', b"")
-    rows, x, n, proba, ctx = v2(sig20).decode(head + raw, str(len(head)).encode())
-    assert rows is None and n == 2 and proba
+    decoder = v2(sig20)
+    rows, x, n, proba, ctx = decoder.decode(head + raw, str(len(head)).encode())
+    assert rows is None and n == 2 and proba and ctx.body_id == "r1"
+    ctx.prefix = decoder.answer_head(b"r1")  # what the server does once it chose the request id
     np.testing.assert_allclose(x, [ROW, ROW], rtol=1e-6)
     item = Item(None, None, None, x, 2, codec_v2.encode, proba, "d", ctx)
     body, headers = codec_v2.encode(item, np.array([1, 0]), np.array([[0.1, 0.9], [0.8, 0.2]], np.float32))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import tempfile
 from time import perf_counter
 from types import SimpleNamespace
 
