@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -201,6 +203,42 @@ def test_validate_search_and_select_through_s3(s3, tmp_path):
     v2 = _finish(_spawn(s3, "validate-dataset", vcfg, tmp_path / "v2.log"), tmp_path / "v2.log")
     assert v2["version"] == sha256_hex(changed) != v["version"] and v2["rows"] == 151
     assert v2["profileUri"] != v["profileUri"]
+
+
+def test_a_shard_killed_mid_run_is_retried_without_training_a_trial_twice(s3, tmp_path):
+    """One pod's shard dies (SIGKILL, as when a node goes away) after some trials: the retried index
+    trains only the rest, and selection counts every trial exactly once."""
+    data, dataset = _iris_csv()
+    s3["client"].put_object(Bucket=BUCKET, Key="data/iris-shard.csv", Body=data)
+    dataset["source"] = {"uri": f"s3://{BUCKET}/data/iris-shard.csv", "format": "csv"}
+    run = f"runs/default/iris-shard/{tmp_path.name}"
+    pipe = {**PIPELINE, "search": {"strategy": "grid", "trials": 12, "metric": "accuracy",
+                                   "space": {"n_estimators": [40, 80, 120, 160], "max_depth": [2, 4, 8]}}}
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps({"dataset": dataset, "pipeline": pipe, "output": f"s3://{BUCKET}/{run}"}))
+
+    def results() -> dict[str, str]:
+        listed = s3["client"].list_objects_v2(Bucket=BUCKET, Prefix=f"{run}/trials/").get("Contents", [])
+        return {o["Key"]: o["ETag"] for o in listed if o["Key"].endswith("/result.json")}
+
+    proc = _spawn(s3, ["trial", "--shards", "1"], cfg_path, tmp_path / "first.log", index=0)
+    try:
+        deadline = time.monotonic() + 120
+        while len(results()) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the shard finished before it could be killed: make its trials slower"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        _kill(proc)
+    before = results()
+    assert 3 <= len(before) < 12
+    retried = _finish(_spawn(s3, ["trial", "--shards", "1"], cfg_path, tmp_path / "retry.log", index=0),
+                      tmp_path / "retry.log")
+    assert retried["trials"] == {"assigned": 12, "succeeded": 12, "failed": 0, "stopped": 0, "reused": len(before)}
+    after = results()
+    assert len(after) == 12 and all(after[k] == etag for k, etag in before.items())  # none trained again
+    sel = _finish(_spawn(s3, "select", cfg_path, tmp_path / "select.log"), tmp_path / "select.log")
+    assert sel["trials"] == {"planned": 12, "succeeded": 12, "failed": 0, "stopped": 0}
 
 
 @pytest.fixture

@@ -31,13 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kiln-train", description="Kiln's training runtime (one command per Job).")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("validate-dataset", "validate a Dataset and write its profile"),
-                       ("trial", "train one trial of a run (index from $JOB_COMPLETION_INDEX or --index)"),
+                       ("trial", "train a run's trials: shard $JOB_COMPLETION_INDEX (or --index) of --shards, "
+                                 "or the one trial --index without --shards"),
                        ("select", "select the best trial, apply the gates, write the final model")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--config", help="path of the JSON configuration (else $KILN_TRAIN_CONFIG_FILE, "
                                           "else inline JSON in $KILN_TRAIN_CONFIG)")
         if name == "trial":
-            cmd.add_argument("--index", type=int, default=None, help="trial index (default $JOB_COMPLETION_INDEX)")
+            cmd.add_argument("--index", type=int, default=None,
+                             help="shard index with --shards, else trial index (default $JOB_COMPLETION_INDEX)")
+            cmd.add_argument("--shards", type=int, default=None,
+                             help="train every SHARDS-th trial from the index on, in this one process")
     cmd = sub.add_parser("verify", help="check stored artifacts' sha256 and that they load safely")
     cmd.add_argument("--uri", action="append", required=True, help="artifact URI (repeatable)")
     cmd.add_argument("--sha256", action="append", required=True, help="its expected digest, in --uri order")
@@ -72,13 +76,15 @@ def _crash_lines(exc: BaseException, limit: int = 12) -> str:
 
 
 def dispatch(args: argparse.Namespace) -> dict:
-    from . import select, trial, validate_cmd, verify
+    from . import select, shard, trial, validate_cmd, verify
 
     if args.command == "verify":  # no configuration: everything is on the command line
         return verify.run(args.uri, args.sha256, args.format, args.allow_unsafe)
     cfg = spec.parse(spec.load_raw(args.config), needs_pipeline=args.command != "validate-dataset")
     if args.command == "validate-dataset":
         return validate_cmd.run(cfg)
+    if args.command == "trial" and args.shards is not None:
+        return shard.run(cfg, _index(args.index), args.shards)
     if args.command == "trial":
         return trial.run(cfg, _index(args.index))
     return select.run(cfg)
@@ -104,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_OK
     except TrainError as exc:
         summary = {**head, "result": "Failed", "reason": exc.reason, "message": str(exc), **exc.details}
-        if head["command"] == "trial" and "trial" not in summary:
-            summary["trial"] = _reported_index(args)
+        if head["command"] == "trial" and "trial" not in summary and "shard" not in summary:
+            if args is not None and args.shards is not None:
+                summary.update(shard=_reported_index(args), shards=args.shards)
+            else:
+                summary["trial"] = _reported_index(args)
         code = exc.exit_code
         print(f"kiln-train {head['command']}: {exc.reason}: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the one place a crash becomes a report

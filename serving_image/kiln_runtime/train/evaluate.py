@@ -137,20 +137,24 @@ def mean_metrics(per_fold: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in per_fold])) for k in names}
 
 
+def folds_of(y: np.ndarray, task: str, folds: int, seed: int):
+    """The cross-validation splitter trials use (stratified when every class has `folds` rows); halving
+    scores its rounds on the same folds."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if len(y) < folds:
+        raise InvalidSpec(f"cvFolds {folds} exceeds the {len(y)} training rows")
+    if task == "classification" and _stratify(y, task) is not None \
+            and np.unique(y, return_counts=True)[1].min() >= folds:
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return KFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
 def cross_validate_all(make_model, X, y: np.ndarray, task: str, folds: int, seed: int,
                        metric: str) -> list[dict[str, float]]:
     """Every metric on each fold; `metric` must be defined on all of them (it picks the winner)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    if task == "classification" and _stratify(y, task) is not None \
-            and np.unique(y, return_counts=True)[1].min() >= folds:
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    else:
-        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
-    if len(y) < folds:
-        raise InvalidSpec(f"cvFolds {folds} exceeds the {len(y)} training rows")
     scores = []
-    for train_idx, test_idx in splitter.split(X, y):
+    for train_idx, test_idx in folds_of(y, task, folds, seed).split(X, y):
         model = make_model().fit(X.iloc[train_idx], y[train_idx])
         metrics = score(model, X.iloc[test_idx], y[test_idx], task)
         if metrics.get(metric) is None:

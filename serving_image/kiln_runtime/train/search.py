@@ -8,7 +8,11 @@ grid:   the combinations in lexicographic order of the sorted keys (the last key
         trial i trains combination i.
 random: `min(trials, grid size)` distinct combinations drawn without replacement by
         numpy.random.default_rng(seed); trial i trains the i-th drawn.
+halving: the candidates are the whole grid when `trials` covers it, else random's draws; successive
+        halving (halving.py) decides which of them train on the whole budget.
 Either way a run has `min(trials, grid size)` trials; an index past that trains nothing ("Skipped").
+
+A shard (one pod of the trials' Indexed Job) trains every P-th trial: shard s of P takes s, s + P, ...
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def trial_params(pipeline: PipelineSpec, index: int) -> dict[str, Any] | None:
     planned = min(pipeline.trials, total)
     if index >= planned:
         return None
-    if pipeline.strategy == "grid":
+    if pipeline.strategy == "grid" or (pipeline.strategy == "halving" and planned == total):
         return _decode(space, keys, index)
     # Spaces beyond int64 (dozens of long lists) cannot be drawn from as one integer range; draw each
     # key independently then (duplicates become possible but are vanishingly rare at that size).
@@ -58,3 +62,10 @@ def trial_params(pipeline: PipelineSpec, index: int) -> dict[str, Any] | None:
         return _decode(space, keys, int(draws[index]))
     rng = np.random.default_rng([pipeline.seed, index])
     return {k: space[k][int(rng.integers(len(space[k])))] for k in keys}
+
+
+def shard_trials(pipeline: PipelineSpec, shard: int, shards: int) -> range:
+    """The trial indexes shard `shard` of `shards` trains."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
+    return range(shard, planned_trials(pipeline), shards)

@@ -32,19 +32,23 @@ from .spec import Config
 LINEAGE_KEYS = ("pipeline", "run", "dataset", "datasetVersion", "image")
 
 
-def collect(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """(succeeded results, failures) over the planned trials, in index order."""
-    results, failures = [], []
+def collect(cfg: Config) -> tuple[list[dict], list[dict], int]:
+    """(succeeded results, failures, how many halving stopped early) over the planned trials, in index
+    order; one listing of the run's trials/ finds what each left."""
+    results, failures, stopped = [], [], 0
+    found = kio.keys_below(f"{cfg.output}/trials/")
     for i in range(search.planned_trials(cfg.pipeline)):
         prefix = trial.trial_prefix(cfg.output, i)
-        if kio.exists(f"{prefix}/result.json"):
+        if f"{i}/result.json" in found:
             results.append(kio.read_json(f"{prefix}/result.json"))
-        elif kio.exists(f"{prefix}/error.json"):
+        elif f"{i}/stopped.json" in found:
+            stopped += 1
+        elif f"{i}/error.json" in found:
             err = kio.read_json(f"{prefix}/error.json")
             failures.append({"trial": i, "reason": err.get("reason"), "message": err.get("message")})
         else:
             failures.append({"trial": i, "reason": "NoResult", "message": f"trial {i} left no result"})
-    return results, failures
+    return results, failures, stopped
 
 
 def best_of(results: list[dict]) -> dict:
@@ -93,8 +97,9 @@ def _same_metrics(best: dict, want: dict, got_metrics: dict) -> None:
 
 def run(cfg: Config) -> dict:
     pipeline = cfg.pipeline
-    results, failures = collect(cfg)
-    counts = {"planned": search.planned_trials(pipeline), "succeeded": len(results), "failed": len(failures)}
+    results, failures, stopped = collect(cfg)
+    counts = {"planned": search.planned_trials(pipeline), "succeeded": len(results), "failed": len(failures),
+              "stopped": stopped}
     base = {"command": "select", "trials": counts}
     if not results:
         first = failures[0] if failures else {"message": "no trials"}

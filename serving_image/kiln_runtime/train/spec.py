@@ -18,6 +18,7 @@ from typing import Any
 from .errors import InvalidSpec
 
 COLUMN_TYPES = ("number", "integer", "category", "boolean")
+STRATEGIES = ("grid", "random", "halving")
 CONFIG_ENV = "KILN_TRAIN_CONFIG"
 CONFIG_FILE_ENV = "KILN_TRAIN_CONFIG_FILE"
 
@@ -80,6 +81,19 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Halving:
+    """Successive halving: every candidate on a small budget, the best 1/factor go on with factor times
+    more, until the budget is spent. `resource` is "samples" (training rows) or an integer estimator
+    parameter such as n_estimators; None budgets are left to scikit-learn ("exhaust": the last round
+    uses nearly the whole budget)."""
+
+    factor: int = 3
+    resource: str = "samples"
+    min_resources: int | None = None
+    max_resources: int | None = None
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     estimator: str
     params: dict[str, Any]
@@ -96,6 +110,8 @@ class PipelineSpec:
     artifact_format: str = "skops"
     allow_unsafe_artifacts: bool = False
     model_name: str | None = None
+    parallelism: int = 1
+    halving: Halving | None = None
 
 
 @dataclass(frozen=True)
@@ -233,8 +249,8 @@ def parse_pipeline(raw: dict[str, Any]) -> PipelineSpec:
     params = _obj(est.get("params"), "pipeline.estimator.params")
     search = _obj(raw.get("search"), "pipeline.search")
     strategy = search.get("strategy", "random")
-    if strategy not in ("grid", "random"):
-        raise InvalidSpec(f"pipeline.search.strategy must be grid or random, got {strategy!r}")
+    if strategy not in STRATEGIES:
+        raise InvalidSpec(f"pipeline.search.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     space = _obj(search.get("space"), "pipeline.search.space")
     for key, values in space.items():
         if not isinstance(values, list) or not values:
@@ -243,6 +259,9 @@ def parse_pipeline(raw: dict[str, Any]) -> PipelineSpec:
     cv = _num(search.get("cvFolds", 0), "pipeline.search.cvFolds", integer=True)
     if trials < 1:
         raise InvalidSpec(f"pipeline.search.trials must be at least 1, got {trials}")
+    parallelism = _num(search.get("parallelism", 1), "pipeline.search.parallelism", integer=True)
+    if parallelism < 1:
+        raise InvalidSpec(f"pipeline.search.parallelism must be at least 1, got {parallelism}")
     if cv == 1 or cv < 0:
         raise InvalidSpec(f"pipeline.search.cvFolds must be 0 (no cross-validation) or at least 2, got {cv}")
     evaluation = _obj(raw.get("evaluation"), "pipeline.evaluation")
@@ -282,7 +301,31 @@ def parse_pipeline(raw: dict[str, Any]) -> PipelineSpec:
         beat_production_by=_num(gates_raw.get("beatProductionBy"), "pipeline.gates.beatProductionBy"),
         artifact_format=fmt, allow_unsafe_artifacts=unsafe,
         model_name=raw.get("modelName") if isinstance(raw.get("modelName"), str) else None,
+        parallelism=parallelism, halving=parse_halving(search, space) if strategy == "halving" else None,
     )
+
+
+def parse_halving(search: dict[str, Any], space: dict[str, Any]) -> Halving:
+    raw = _obj(search.get("halving"), "pipeline.search.halving")
+    factor = _num(raw.get("factor", 3), "pipeline.search.halving.factor", integer=True)
+    if factor < 2:
+        raise InvalidSpec(f"pipeline.search.halving.factor must be at least 2, got {factor}")
+    resource = raw.get("resource", "samples")
+    if not isinstance(resource, str) or not resource:
+        raise InvalidSpec(f"pipeline.search.halving.resource must be samples or an estimator parameter, got {resource!r}")
+    if resource in space:
+        raise InvalidSpec(f"pipeline.search.halving.resource {resource} is also in search.space: halving sets it")
+    low = _num(raw.get("minResources"), "pipeline.search.halving.minResources", integer=True)
+    high = _num(raw.get("maxResources"), "pipeline.search.halving.maxResources", integer=True)
+    if resource != "samples" and high is None:
+        raise InvalidSpec(f"pipeline.search.halving.maxResources must be set: it is the largest {resource} "
+                          "the last round trains with")
+    for name, value in (("minResources", low), ("maxResources", high)):
+        if value is not None and value < 1:
+            raise InvalidSpec(f"pipeline.search.halving.{name} must be at least 1, got {value}")
+    if low is not None and high is not None and low > high:
+        raise InvalidSpec(f"pipeline.search.halving.minResources {low} exceeds maxResources {high}")
+    return Halving(factor=factor, resource=resource, min_resources=low, max_resources=high)
 
 
 def parse(raw: Any, *, needs_pipeline: bool) -> Config:

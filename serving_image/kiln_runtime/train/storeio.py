@@ -112,6 +112,17 @@ def list_objects(prefix: str, env_prefix: str = "") -> list[store.ObjectInfo]:
         raise _classify(prefix, exc, "list") from exc
 
 
+def keys_below(prefix: str) -> set[str]:
+    """The keys (relative to `prefix`) of the objects below it; none yet is an empty set on any store
+    (a file:// directory nobody has written to does not exist)."""
+    try:
+        return {o.key for o in list_objects(prefix)}
+    except SourceError as exc:
+        if exc.reason == "SourceNotFound" and prefix.startswith("file://"):
+            return set()
+        raise
+
+
 def delete_prefix(prefix: str) -> int:
     try:
         return store.delete_prefix(prefix)

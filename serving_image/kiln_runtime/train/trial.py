@@ -141,7 +141,7 @@ def _sklearn_version() -> str:
 
 
 def run(cfg: Config, index: int) -> dict:
-    """The trial command; returns the termination summary."""
+    """The trial command for one trial (no --shards); returns the termination summary."""
     if index < 0:
         raise InvalidSpec(f"trial index must be non-negative, got {index}")
     pipeline = cfg.pipeline
@@ -151,36 +151,56 @@ def run(cfg: Config, index: int) -> dict:
     if search_params is None:
         return {**summary, "result": "Skipped",
                 "message": f"trial {index} is past the {planned} trial(s) this search space yields"}
-    prefix = trial_prefix(cfg.output, index)
-    try:
-        prep = prepare(cfg)
-        result, model = train(cfg, prep, index, search_params)
-        result["model"] = None
-        if cfg.keep_trial_models:
-            fmt = pipeline.artifact_format
-            model_uri = f"{prefix}/{artifacts.FILENAMES[fmt]}"
-            digest = kio.write(model_uri, artifacts.dumps(model, fmt))
-            result["model"] = {"uri": model_uri, "sha256": digest, "format": fmt}
-        result_uri = f"{prefix}/result.json"
-        kio.write_json(result_uri, result)  # last: its presence marks the trial complete
-    except Unreachable:
-        raise  # another write would only wait out the same timeouts again
-    except TrainError as exc:
-        _record_error(prefix, index, exc.reason, str(exc))
-        raise
-    except Exception as exc:
-        _record_error(prefix, index, "TrainerCrashed", f"{type(exc).__name__}: {exc}")
-        raise
+    prep = prepared_or_recorded(cfg, [index])
+    result = complete(cfg, prep, index, search_params)
     return {**summary, "result": "Succeeded", "metric": result["metric"], "score": result["score"],
             "metrics": result["metrics"], "selection": result["selection"], "params": result["searchParams"],
-            "resultUri": result_uri, "datasetVersion": result["datasetVersion"],
+            "resultUri": f"{trial_prefix(cfg.output, index)}/result.json", "datasetVersion": result["datasetVersion"],
             "message": f"trial {index}: {result['metric']} {result['score']:.6g} on {result['selection']['on']}"}
 
 
-def _record_error(prefix: str, index: int, reason: str, message: str) -> None:
+def prepared_or_recorded(cfg: Config, indexes) -> Prepared:
+    """The run's data, prepared once; a failure is recorded as each of `indexes`' error, so the
+    selection step can say why those trials left no result."""
+    try:
+        return prepare(cfg)
+    except Unreachable:
+        raise
+    except TrainError as exc:
+        for index in indexes:
+            record_error(cfg.output, index, exc.reason, str(exc))
+        raise
+
+
+def complete(cfg: Config, prep: Prepared, index: int, search_params: dict) -> dict:
+    """Trains trial `index`, stores its result.json (and model, with keepTrialModels) and returns the
+    result; a failure is stored as its error.json and raised."""
+    prefix = trial_prefix(cfg.output, index)
+    try:
+        result, model = train(cfg, prep, index, search_params)
+        result["model"] = None
+        if cfg.keep_trial_models:
+            fmt = cfg.pipeline.artifact_format
+            model_uri = f"{prefix}/{artifacts.FILENAMES[fmt]}"
+            digest = kio.write(model_uri, artifacts.dumps(model, fmt))
+            result["model"] = {"uri": model_uri, "sha256": digest, "format": fmt}
+        kio.write_json(f"{prefix}/result.json", result)  # last: its presence marks the trial complete
+    except Unreachable:
+        raise  # another write would only wait out the same timeouts again
+    except TrainError as exc:
+        record_error(cfg.output, index, exc.reason, str(exc))
+        raise
+    except Exception as exc:
+        record_error(cfg.output, index, "TrainerCrashed", f"{type(exc).__name__}: {exc}")
+        raise
+    return result
+
+
+def record_error(output: str, index: int, reason: str, message: str) -> None:
     # Lets the selection step say why trials failed; the store may be the thing that failed, so this
     # is best effort and never hides the original error.
     try:
-        kio.write_json(f"{prefix}/error.json", {"trial": index, "reason": reason, "message": message[:2000]})
+        kio.write_json(f"{trial_prefix(output, index)}/error.json",
+                       {"trial": index, "reason": reason, "message": message[:2000]})
     except Exception:  # noqa: BLE001
         pass

@@ -68,7 +68,7 @@ def test_beat_production_respects_the_metric_direction():
 
 @pytest.mark.parametrize("raw,match", [
     ({"estimator": {}}, "estimator.class"),
-    ({"estimator": {"class": "SVC"}, "search": {"strategy": "bayes"}}, "grid or random"),
+    ({"estimator": {"class": "SVC"}, "search": {"strategy": "bayes"}}, "one of grid, random, halving"),
     ({"estimator": {"class": "SVC"}, "search": {"space": {"C": 1}}}, "space.C must be a non-empty list"),
     ({"estimator": {"class": "SVC"}, "search": {"cvFolds": 1}}, "cvFolds"),
     ({"estimator": {"class": "SVC"}, "evaluation": {"testFraction": 1.5}}, "testFraction"),
