@@ -25,16 +25,8 @@ class JobView:
 
     @property
     def succeeded(self) -> int:
+        """Completions that succeeded: pods, so for the trials' Job shards, not trials (trial_totals)."""
         return int((self.job or {}).get("status", {}).get("succeeded") or 0)
-
-    @property
-    def failed_indexes(self) -> list[int]:
-        raw = (self.job or {}).get("status", {}).get("failedIndexes") or ""
-        out: list[int] = []
-        for part in filter(None, raw.split(",")):
-            lo, _, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
-        return out
 
     def summary(self, index: int = 0) -> dict[str, Any] | None:
         return self.summaries.get(index)
@@ -47,6 +39,78 @@ class JobView:
         return "the Job failed"
 
 
+@dataclass
+class TrialTotals:
+    """What the trials' shards report, added up (the trials' Job's own counts are of pods, not trials)."""
+
+    assigned: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    stopped: int = 0  # candidates successive halving stopped early: neither succeeded nor failed
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {trial, reason, message}, by trial
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # successive halving's rounds
+    search_record: str | None = None  # the store URI of the halving record
+
+
+TRIAL_COUNTS = ("assigned", "succeeded", "failed", "stopped")
+ROUND_KEYS = ("round", "resources", "candidates", "kept")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> int:
+    return value if _is_int(value) and value > 0 else 0
+
+
+def _failure(reported: dict[str, Any]) -> dict[str, Any]:
+    """`{trial, reason?, message?}` as the run's status keeps it (messages cut to 500 characters)."""
+    out: dict[str, Any] = {"trial": reported["trial"]}
+    for key, limit in (("reason", 100), ("message", 500)):
+        if reported.get(key) is not None:
+            out[key] = str(reported[key])[:limit]
+    return out
+
+
+def _one_trial(summary: dict[str, Any], index: int) -> bool:
+    """A trial summary of a Job with one completion per trial (no `--shards`: a run started before)."""
+    return (summary.get("command") == "trial" and "shards" not in summary and "shard" not in summary
+            and summary.get("result") in ("Succeeded", "Failed") and _is_int(summary.get("trial", index)))
+
+
+def trial_totals(summaries: dict[int, dict[str, Any]], max_failures: int = 10) -> TrialTotals:
+    """Adds up the shards' summaries (`trials {assigned, succeeded, failed, stopped}`, `failures`, and
+    halving's `rounds` and `searchRecordUri`); `failures` by trial, at most `max_failures`. A trial
+    summary without shards (a Job of one completion per trial) counts as that one trial."""
+    totals = TrialTotals()
+    failures: dict[int, dict[str, Any]] = {}
+    for index, summary in sorted(summaries.items()):
+        counts = summary.get("trials")
+        if isinstance(counts, dict):
+            for key in TRIAL_COUNTS:
+                setattr(totals, key, getattr(totals, key) + _count(counts.get(key)))
+            listed = summary["failures"] if isinstance(summary.get("failures"), list) else []
+        elif _one_trial(summary, index):
+            ok = summary["result"] == "Succeeded"
+            totals.assigned += 1
+            totals.succeeded += ok
+            totals.failed += not ok
+            listed = [] if ok else [{**summary, "trial": summary.get("trial", index)}]
+        else:
+            listed = []  # Skipped, or not kiln-train's counts (an UnreadableSummary, a shard that died early)
+        for failure in listed:
+            if isinstance(failure, dict) and _is_int(failure.get("trial")):
+                failures.setdefault(failure["trial"], _failure(failure))
+        if isinstance(summary.get("rounds"), list) and not totals.rounds:
+            totals.rounds = [{k: r[k] for k in ROUND_KEYS} for r in summary["rounds"]
+                             if isinstance(r, dict) and all(_is_int(r.get(k)) for k in ROUND_KEYS)]
+        if isinstance(summary.get("searchRecordUri"), str):
+            totals.search_record = totals.search_record or summary["searchRecordUri"]
+    totals.failures = [failures[t] for t in sorted(failures)][:max_failures]
+    return totals
+
+
 def whole_summary(logs: str, cut: dict[str, Any]) -> dict[str, Any]:
     """The untruncated summary kiln-train printed as its last log line, or `cut` when the logs lack it."""
     for line in reversed(logs.strip().splitlines()):
@@ -55,7 +119,7 @@ def whole_summary(logs: str, cut: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             continue
         if isinstance(found, dict) and not found.get("truncated") and all(
-                found.get(k) == cut.get(k) for k in ("command", "result", "trial")):
+                found.get(k) == cut.get(k) for k in ("command", "result", "trial", "shard")):
             return found
     return cut
 

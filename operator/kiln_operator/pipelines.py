@@ -1,11 +1,12 @@
 """TrainingPipeline reconcile: when to start a run, and how a run moves from trials to a ModelVersion.
 
-A run is two Jobs: the trials (one Indexed Job, one completion per trial) and the selection step,
-which picks the best trial, applies the quality gates and writes the final artifacts. Job names
-derive from the run id, so a restarted operator finds the Jobs it already made instead of making
-them again. Runs start on creation, on a spec change, on a new dataset version (`onDatasetChange`),
-on the cron `schedule`, and on request through the `kiln.dev/run-requested` annotation (what the
-drift and quality loops and `kubectl annotate` use).
+A run is two Jobs: the trials (one Indexed Job of P shards, the pod of index i training trials i, i+P,
+... in one process; successive halving in one pod) and the selection step, which picks the best trial,
+applies the quality gates and writes the final artifacts. Job names derive from the run id, so a
+restarted operator finds the Jobs it already made instead of making them again. Runs start on
+creation, on a spec change, on a new dataset version (`onDatasetChange`), on the cron `schedule`, and
+on request through the `kiln.dev/run-requested` annotation (what the drift and quality loops and
+`kubectl annotate` use).
 
 A run trains on a snapshot of one Dataset version (the newest, or the one `datasetVersion` pins), never
 on the moving source. A run asked for by drift or low quality first asks the Dataset for its newest
@@ -25,10 +26,13 @@ from croniter import croniter
 from .builders import training
 from .builders.meta import ANNOTATION_RUN_REQUEST
 from .config import OperatorConfig
-from .jobs import JobView
+from .jobs import JobView, TrialTotals, trial_totals
 from .plan import Plan
 
 ACTIVE = ("Pending", "Running", "Selecting")
+MAX_FAILED_TRIALS = 10  # status.runs[].failedTrials
+MAX_ROUNDS = 20  # status.runs[].rounds
+MAX_TRIAL_EVENTS = 5  # TrialFailed Events per reconcile: a run of many bad trials does not flood the namespace
 
 
 @dataclass
@@ -107,9 +111,14 @@ def _start_run(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Obse
     config = training.run_config(pipeline, dataset, run_id, output_prefix(pipeline, run_id, cfg),
                                  observed.production, cfg, version, observed.champion)
     out.apply.append(training.trials_job(pipeline, run_id, config, cfg))
-    trials = training.trial_count(pipeline["spec"].get("search", {}))
+    search = pipeline["spec"].get("search", {})
+    trials = training.trial_count(search)
+    if search.get("strategy") == "halving":
+        work = f"{trials} candidate(s), successive halving in 1 pod"
+    else:
+        work = f"{trials} trial(s) in {training.shard_count(search)} pod(s)"
     against = f"; to beat {observed.champion['metadata']['name']}" if observed.champion else ""
-    out.event("Normal", "RunStarted", f"run {run_id} ({trigger}): {trials} trial(s) on dataset version "
+    out.event("Normal", "RunStarted", f"run {run_id} ({trigger}): {work} on dataset version "
               f"{version['version'][:12]}{against}")
     out.status.update(lastRun=run_id, lastRunGeneration=pipeline["metadata"].get("generation"),
                       lastDatasetVersion=version["version"])
@@ -118,7 +127,7 @@ def _start_run(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Obse
         out.status["lastRunRequest"] = request
     return {"id": run_id, "phase": "Running", "trigger": trigger, "job": training.run_job_name(pipeline, run_id, "trials"),
             "datasetVersion": version["version"], "startedAt": now,
-            "trialsSucceeded": 0, "trialsFailed": 0}
+            "trialsPlanned": trials, "trialsSucceeded": 0, "trialsFailed": 0, "trialsStopped": 0}
 
 
 def _fresh_data(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Observed, trigger: str,
@@ -159,15 +168,13 @@ def _advance(pipeline: dict[str, Any], dataset: dict[str, Any], run: dict[str, A
         if trials.job is None:
             out.apply.append(training.trials_job(pipeline, run_id, config, cfg))  # lost before a restart
             return run
-        run["trialsSucceeded"] = trials.succeeded
-        run["trialsFailed"] = len(trials.failed_indexes)
+        totals = _record_trials(run, trials, out)
         if trials.state is None:
             return run
-        if trials.succeeded == 0:
-            first = next(iter(sorted(trials.summaries.items())), (None, {}))[1]
-            why = first.get("message") or trials.failure_message()
-            return _finish(run, "Failed", f"every trial failed; first: {first.get('reason', '')} {why}".strip(),
-                           now, out, warning=True)
+        # Complete, or Failed because a shard failed: the trials that succeeded elsewhere are in the store,
+        # and selection picks among them. (The Job's own count is of shards: it stands in for summaries lost.)
+        if totals.succeeded == 0 and trials.succeeded == 0:
+            return _finish(run, "Failed", _no_trial_succeeded(totals, trials), now, out, warning=True)
         run["phase"] = "Selecting"
         out.apply.append(training.select_job(pipeline, run_id, config, cfg))
         return run
@@ -179,6 +186,9 @@ def _advance(pipeline: dict[str, Any], dataset: dict[str, Any], run: dict[str, A
         if select.state is None:
             return run
         summary = select.summary(0) or {}
+        _count_trials(run, summary.get("trials"))  # what the store holds: exact even past the shards' caps
+        if isinstance(summary.get("failedTrials"), list):  # a crashed trial a retry trained is no failure
+            run["failedTrials"] = summary["failedTrials"][:MAX_FAILED_TRIALS]
         run["bestMetrics"] = {k: float(v) for k, v in (summary.get("metrics") or {}).items()
                               if isinstance(v, (int, float))} or run.get("bestMetrics")
         for role in ("challenger", "champion"):
@@ -206,10 +216,64 @@ def _advance(pipeline: dict[str, Any], dataset: dict[str, Any], run: dict[str, A
     return run
 
 
+def _count_trials(run: dict[str, Any], counts: Any) -> None:
+    """The selection summary's `trials {planned, succeeded, failed, stopped}`, read from the store."""
+    if isinstance(counts, dict):
+        for key in ("succeeded", "failed", "stopped"):
+            if isinstance(counts.get(key), int):
+                run["trials" + key.capitalize()] = counts[key]
+
+
+def _record_trials(run: dict[str, Any], trials: JobView, out: Plan) -> TrialTotals:
+    """Copies what the trials' shards reported into the run; a TrialFailed Event for each failed trial the
+    run did not list yet (the list only grows, so a reconcile seeing the same summaries repeats none)."""
+    totals = trial_totals(trials.summaries, MAX_FAILED_TRIALS)
+    run.update(trialsSucceeded=totals.succeeded, trialsFailed=totals.failed, trialsStopped=totals.stopped)
+    known = list(run.get("failedTrials") or [])
+    listed = {failure.get("trial") for failure in known}
+    new = [failure for failure in totals.failures if failure["trial"] not in listed]
+    new = new[:max(MAX_FAILED_TRIALS - len(known), 0)]
+    for failure in new[:MAX_TRIAL_EVENTS]:
+        message = f"run {run['id']}: trial {failure['trial']} failed: {_why(failure)}"
+        out.event("Warning", "TrialFailed", message[:500])
+    if new:
+        run["failedTrials"] = sorted(known + new, key=lambda failure: failure["trial"])
+    if totals.rounds:
+        run["rounds"] = totals.rounds[:MAX_ROUNDS]
+    if totals.search_record:
+        run["searchRecord"] = totals.search_record
+    return totals
+
+
+def _why(failure: dict[str, Any]) -> str:
+    return ": ".join(filter(None, (failure.get("reason") or "Failed", failure.get("message"))))
+
+
+def _no_trial_succeeded(totals: TrialTotals, trials: JobView) -> str:
+    """Why a run had no trial to select from: the first failed trial, else the first failed shard (one that
+    stopped before any trial, e.g. AccessDenied), else the Job's own condition."""
+    if totals.failures:
+        first = totals.failures[0]
+        return f"every trial failed; first: trial {first['trial']}: {_why(first)}"
+    shard = next((s for _, s in sorted(trials.summaries.items()) if s.get("result") == "Failed"), {})
+    why = shard.get("message") or trials.failure_message()
+    return f"every trial failed; first: {shard.get('reason', '')} {why}".strip()
+
+
 def _finish(run: dict[str, Any], phase: str, message: str, now: str, out: Plan, warning: bool = False) -> dict[str, Any]:
     run.update(phase=phase, message=message[:1000], finishedAt=now)
     out.event("Warning" if warning else "Normal", f"Run{phase}", f"run {run['id']}: {message[:500]}")
     return run
+
+
+def _progress(run: dict[str, Any]) -> str:
+    """`11 of 24 trial(s) done, 1 failed`: a new failure changes the Ready condition, so its Event is posted."""
+    done = run.get("trialsSucceeded", 0)
+    parts = [f"{done} of {run['trialsPlanned']} trial(s) done" if run.get("trialsPlanned") else
+             f"{done} trial(s) done"]
+    parts += [f"{run[key]} {what}" for key, what in (("trialsFailed", "failed"), ("trialsStopped", "stopped early"))
+              if run.get(key)]
+    return ", ".join(parts)
 
 
 def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now: str) -> Plan:
@@ -276,7 +340,7 @@ def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now:
         out.condition("Ready", "False", "NoRun", "no run yet")
     elif latest["phase"] in ACTIVE + ("Registering",):
         out.condition("Ready", "False", "Running", f"run {latest['id']} is {latest['phase'].lower()} "
-                      f"({latest.get('trialsSucceeded', 0)} trial(s) done)")
+                      f"({_progress(latest)})")
     elif latest["phase"] == "Succeeded":
         out.condition("Ready", "True", "Succeeded", f"run {latest['id']} produced {latest.get('modelVersion')}")
     else:

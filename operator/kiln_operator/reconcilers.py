@@ -349,7 +349,7 @@ def reconcile_pipeline(body: dict[str, Any]) -> Wakeup:
                      + (f" in stage {spec['promoteTo']}" if spec.get("promoteTo") else ""))
         result.conditions = [c for c in result.conditions if c[0] != "Ready"]
         result.condition("Ready", "True", "Succeeded", f"run {run_id} produced {name}")
-    act(body, result, always_post=("RunStarted", "ModelVersionCreated", "RunSkipped"))
+    act(body, result, always_post=("RunStarted", "ModelVersionCreated", "RunSkipped", "TrialFailed"))
     next_run = result.status.get("nextRun") or (body.get("status") or {}).get("nextRun")
     if spec.get("schedule") and next_run:
         due = datetime.fromisoformat(next_run.replace("Z", "+00:00")).timestamp()

@@ -3,7 +3,8 @@
 
 scikit-learn's wine data goes to an S3 server (moto) on the bridge's host address, where the Jobs'
 pods reach it. One Dataset, two pipelines on it: `wine` (gate reachable, onDatasetChange) and
-`wine-strict` (accuracy ≥ 0.999, which a depth-1 tree never reaches). The demo (test_lifecycle.py)
+`wine-strict` (accuracy ≥ 0.999, which a depth-1 tree never reaches), and `wine-shards` (24 trials in
+2 pods, compared with one process per trial). The demo (test_lifecycle.py)
 covers the 8-trial search itself; runs here are kept small. Needs the node and the runtime image.
 """
 
@@ -79,6 +80,11 @@ def cluster_setup(kubectl, kubeconfig, crds, tmp_path_factory):
             kubectl.apply(json.dumps(pipeline("wine", {"class": "RandomForestClassifier",
                                                        "params": {"random_state": 0}}, 0.8,
                                               {"n_estimators": [20], "max_depth": [3, 6]})), "-n", ns)
+            shards = pipeline("wine-shards", {"class": "RandomForestClassifier", "params": {"random_state": 0}},
+                              0.8, {"n_estimators": [5, 10, 20], "max_depth": [2, 3, 4, 6], "min_samples_leaf": [1, 3]})
+            shards["spec"]["search"].update(trials=24, parallelism=2)
+            shards["spec"]["triggers"] = {"onDatasetChange": False}
+            kubectl.apply(json.dumps(shards), "-n", ns)
             kubectl.apply(json.dumps(pipeline("wine-strict", {"class": "DecisionTreeClassifier",
                                                               "params": {"random_state": 0}}, 0.999,
                                               {"max_depth": [1], "min_samples_leaf": [1, 5]})), "-n", ns)
@@ -151,3 +157,33 @@ def test_new_dataset_content_gives_a_new_version_and_with_on_dataset_change_v2(k
     # The strict pipeline saw the same new version, and failed its gate again: still nothing registered.
     strict = wait_run(kubectl, ns, "wine-strict", 2)
     assert strict["phase"] == "GateFailed" and strict["trigger"] == "datasetChange"
+
+
+def test_24_trials_at_parallelism_2_run_in_2_pods_and_register_what_one_pod_per_trial_would(
+        kubectl, cluster_setup, monkeypatch):
+    from kiln_runtime.train import select, spec, trial
+
+    ns, client = cluster_setup
+    run = wait_run(kubectl, ns, "wine-shards", 1)
+    assert run["phase"] == "Succeeded" and run["trialsPlanned"] == 24 and run["trialsSucceeded"] == 24, run
+    pods = kubectl.json("get", "pods", "-n", ns, "-l", f"kiln.dev/run={run['id']},kiln.dev/step=trials")["items"]
+    trial_pods = [p for p in pods if p["metadata"]["labels"].get("job-name") == run["job"]]
+    assert len(trial_pods) == 2, [p["metadata"]["name"] for p in pods]
+
+    # One process per trial, as one pod per trial ran them: the same configuration (data version,
+    # seed, space) into another prefix of the same store, then the same selection.
+    job = kubectl.json("get", "job", run["job"], "-n", ns)
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    config = json.loads(env["KILN_TRAIN_CONFIG"])
+    config["output"] += "-one-per-trial"
+    for name, value in {"AWS_ENDPOINT_URL": client.meta.endpoint_url, "AWS_REGION": "us-east-1",
+                        **CREDENTIALS}.items():
+        monkeypatch.setenv(name, value)
+    cfg = spec.parse(config, needs_pipeline=True)
+    for index in range(24):
+        assert trial.run(cfg, index)["result"] == "Succeeded"
+    chosen = select.run(cfg)
+    mv = kubectl.json("get", "modelversion", run["modelVersion"], "-n", ns)["spec"]
+    print(f"24 trials in {len(trial_pods)} pods: {run['modelVersion']} {mv['params']} {mv['metrics']}")
+    assert mv["params"] == chosen["modelVersion"]["params"]
+    assert mv["metrics"] == pytest.approx(chosen["modelVersion"]["metrics"], abs=1e-12)

@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from kiln_operator import datasets, pipelines, registry
+from kiln_operator.api.crdgen import all_crds
+from kiln_operator.api.training import TrainingPipelineSpec
 from kiln_operator.builders import training
 from kiln_operator.config import OperatorConfig
-from kiln_operator.jobs import JobView, termination_summaries
+from kiln_operator.jobs import JobView, termination_summaries, trial_totals, whole_summary
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CFG = OperatorConfig()
@@ -159,24 +161,56 @@ def test_a_pipeline_waits_for_its_dataset():
 
 
 def test_creation_starts_run_one_as_an_indexed_trials_job():
-    tp = example("02-trainingpipeline.yaml")
+    tp = example("02-trainingpipeline.yaml")  # 8 trials, two at a time
     result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
     (trials,) = result.apply
     assert trials["spec"]["completionMode"] == "Indexed"
-    assert trials["spec"]["completions"] == 8 and trials["spec"]["parallelism"] == 2
+    assert trials["spec"]["completions"] == 2 and trials["spec"]["parallelism"] == 2
     assert "backoffLimitPerIndex" in trials["spec"]
     config = json.loads(trials["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
     assert config["datasetVersion"] == VERSION
     (run,) = result.status["runs"]
-    assert (run["id"], run["phase"], run["trigger"]) == ("r1", "Running", "create")
+    assert (run["id"], run["phase"], run["trigger"], run["trialsPlanned"]) == ("r1", "Running", "create", 8)
     assert conditions(result)["Ready"][:2] == ("False", "Running")
+
+
+def trials_of(tp: dict) -> tuple[dict, str]:
+    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    (trials,) = result.apply
+    (started,) = [e[2] for e in result.events if e[1] == "RunStarted"]
+    return trials, started
+
+
+def test_parallelism_is_pods_each_training_every_pth_trial():
+    tp = example("02-trainingpipeline.yaml")
+    tp["spec"]["search"].update(trials=24, parallelism=2, space={"max_depth": [2, 4, 8, 16],
+                                                                 "n_estimators": [10, 20, 50, 100, 200, 400]})
+    trials, started = trials_of(tp)
+    spec = trials["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["maxFailedIndexes"]) == (2, 2, 1)
+    assert spec["template"]["spec"]["containers"][0]["command"] == ["kiln-train", "trial", "--shards", "2"]
+    assert "24 trial(s) in 2 pod(s)" in started
 
 
 def test_no_more_trial_pods_than_the_space_has_combinations():
     tp = example("02-trainingpipeline.yaml")
-    tp["spec"]["search"].update(trials=20, space={"max_depth": [2, 4], "n_estimators": [10, 50, 100]})
-    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    tp["spec"]["search"].update(trials=20, parallelism=8, space={"max_depth": [2, 4], "n_estimators": [10, 50, 100]})
+    trials, started = trials_of(tp)
     assert trials["spec"]["completions"] == 6 and trials["spec"]["maxFailedIndexes"] == 5
+    assert trials["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--shards", "6"]
+    assert "6 trial(s) in 6 pod(s)" in started
+
+
+def test_successive_halving_runs_in_one_pod():
+    tp = example("02-trainingpipeline.yaml")
+    tp["spec"]["search"].update(strategy="halving", trials=64, parallelism=4, halving={"factor": 3},
+                                space={"max_depth": [2, 4, 8, 16], "min_samples_leaf": [1, 2, 4, 8],
+                                       "n_estimators": [10, 50, 100, 200]})
+    trials, started = trials_of(tp)
+    spec = trials["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["maxFailedIndexes"]) == (1, 1, 0)
+    assert spec["template"]["spec"]["containers"][0]["command"] == ["kiln-train", "trial", "--shards", "1"]
+    assert "64 candidate(s), successive halving in 1 pod" in started
 
 
 POD = {"serviceAccountName": "trainer", "nodeSelector": {"pool": "training"},
@@ -242,26 +276,132 @@ def running(tp: dict, phase: str = "Running", run_id: str = "r1") -> dict:
     return tp
 
 
-def test_finished_trials_start_the_selection_step():
+def shard(index: int, succeeded: int, failed: tuple[int, ...] = (), shards: int = 2, **extra) -> dict:
+    """A shard's termination summary as kiln-train writes it (at most 5 failures listed)."""
+    failures = [{"trial": t, "reason": "InvalidParameter", "message": f"max_depth must be >= 1, got -{t}"}
+                for t in failed]
+    summary = {"v": 1, "command": "trial", "shard": index, "shards": shards,
+               "result": "Succeeded" if succeeded else "Failed",
+               "trials": {"assigned": succeeded + len(failed), "succeeded": succeeded, "failed": len(failed),
+                          "stopped": 0, "reused": 0},
+               "failures": failures[:5], "message": f"shard {index} of {shards}"}
+    if not succeeded:
+        summary["reason"] = "InvalidParameter"
+    return {**summary, **extra}
+
+
+def trials_done(tp: dict, state: str | None, *summaries: dict) -> pipelines.Observed:
+    ok = sum(s["result"] == "Succeeded" for s in summaries)
+    failed = ",".join(str(s["shard"]) for s in summaries if s["result"] == "Failed")
+    view = JobView(job(state, ok, failed), {s["shard"]: s for s in summaries})
+    return observed(ready_dataset(), {training.run_job_name(tp, "r1", "trials"): view})
+
+
+def trial_events(result) -> list[str]:
+    return [e[2] for e in result.events if e[1] == "TrialFailed"]
+
+
+def test_finished_trials_start_the_selection_step_with_the_shards_counts_added_up():
     tp = running(example("02-trainingpipeline.yaml"))
-    name = training.run_job_name(tp, "r1", "trials")
-    result = pipelines.plan(tp, observed(ready_dataset(), {name: JobView(job("Complete", 7, "3"))}), CFG, NOW)
+    result = pipelines.plan(tp, trials_done(tp, "Complete", shard(0, 12), shard(1, 11, failed=(5,))), CFG, NOW)
     (select,) = result.apply
     assert select["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["kiln-train", "select"]
     run = result.status["runs"][0]
-    assert (run["phase"], run["trialsSucceeded"], run["trialsFailed"]) == ("Selecting", 7, 1)
+    assert (run["phase"], run["trialsSucceeded"], run["trialsFailed"]) == ("Selecting", 23, 1)
+    assert run["failedTrials"] == [{"trial": 5, "reason": "InvalidParameter",
+                                    "message": "max_depth must be >= 1, got -5"}]
+    assert trial_events(result) == ["run r1: trial 5 failed: InvalidParameter: max_depth must be >= 1, got -5"]
 
 
-def test_a_run_whose_every_trial_failed_says_why():
+def test_a_job_failed_by_one_shard_still_selects_among_the_trials_that_succeeded():
     tp = running(example("02-trainingpipeline.yaml"))
-    name = training.run_job_name(tp, "r1", "trials")
-    view = JobView(job("Failed", 0, "0-7"), {0: {"result": "Failed", "reason": "InvalidParameter",
-                                                  "message": "max_depth must be >= 1, got -1"}})
-    result = pipelines.plan(tp, observed(ready_dataset(), {name: view}), CFG, NOW)
+    bad = shard(1, 0, failed=tuple(range(1, 24, 2)))  # all 12 of shard 1's trials; 5 listed
+    result = pipelines.plan(tp, trials_done(tp, "Failed", shard(0, 12), bad), CFG, NOW)
     run = result.status["runs"][0]
-    assert run["phase"] == "Failed" and "max_depth must be >= 1" in run["message"]
+    assert (run["phase"], run["trialsSucceeded"], run["trialsFailed"]) == ("Selecting", 12, 12)
+    assert [f["trial"] for f in run["failedTrials"]] == [1, 3, 5, 7, 9]
+    assert len(trial_events(result)) == 5
+    assert [m["command"][1] for j in result.apply for m in j["spec"]["template"]["spec"]["containers"]] == ["select"]
+
+
+def test_a_run_whose_every_trial_failed_names_the_first_trial_and_why():
+    tp = running(example("02-trainingpipeline.yaml"))
+    result = pipelines.plan(tp, trials_done(tp, "Failed", shard(0, 0, failed=(0, 2)), shard(1, 0, failed=(1, 3))),
+                            CFG, NOW)
+    run = result.status["runs"][0]
+    assert run["phase"] == "Failed" and run["trialsFailed"] == 4
+    assert "trial 0: InvalidParameter: max_depth must be >= 1, got -0" in run["message"]
     assert conditions(result)["Ready"][:2] == ("False", "RunFailed")
     assert result.apply == []  # no retry storm: a failed run stays failed until something changes
+
+
+def test_a_shard_that_stopped_before_any_trial_still_explains_the_failed_run():
+    tp = running(example("02-trainingpipeline.yaml"))
+    denied = {"command": "trial", "shard": 0, "shards": 1, "result": "Failed", "reason": "AccessDenied",
+              "message": "s3://kiln/iris.csv: AccessDenied"}
+    result = pipelines.plan(tp, trials_done(tp, "Failed", denied), CFG, NOW)
+    assert "AccessDenied s3://kiln/iris.csv" in result.status["runs"][0]["message"]
+
+
+def test_a_failed_trial_raises_one_event_however_often_the_run_is_reconciled():
+    tp = running(example("02-trainingpipeline.yaml"))
+    first = pipelines.plan(tp, trials_done(tp, None, shard(1, 11, failed=(5,))), CFG, NOW)
+    assert trial_events(first) == ["run r1: trial 5 failed: InvalidParameter: max_depth must be >= 1, got -5"]
+    assert "(11 trial(s) done, 1 failed)" in conditions(first)["Ready"][2]
+    tp["status"]["runs"] = first.status["runs"]
+    again = pipelines.plan(tp, trials_done(tp, None, shard(1, 11, failed=(5,))), CFG, NOW)
+    assert trial_events(again) == [] and again.status["runs"] == first.status["runs"]
+    # Shard 0 finishes with a failure of its own: that one is news.
+    later = pipelines.plan(tp, trials_done(tp, "Complete", shard(0, 11, failed=(4,)), shard(1, 11, failed=(5,))),
+                           CFG, NOW)
+    assert trial_events(later) == ["run r1: trial 4 failed: InvalidParameter: max_depth must be >= 1, got -4"]
+    assert [f["trial"] for f in later.status["runs"][0]["failedTrials"]] == [4, 5]
+
+
+def test_successive_halving_reports_its_rounds_and_its_record():
+    tp = running(example("02-trainingpipeline.yaml"))
+    rounds = [{"round": 0, "resources": 12, "candidates": 64, "kept": 22},
+              {"round": 1, "resources": 36, "candidates": 22, "kept": 8},
+              {"round": 2, "resources": 108, "candidates": 8, "kept": 3}]
+    halving = shard(0, 3, shards=1, rounds=rounds, searchRecordUri="s3://kiln/r1/search/halving.json")
+    halving["trials"].update(assigned=64, stopped=61)
+    run = pipelines.plan(tp, trials_done(tp, "Complete", halving), CFG, NOW).status["runs"][0]
+    assert (run["phase"], run["trialsSucceeded"], run["trialsStopped"], run["trialsFailed"]) == ("Selecting", 3, 61, 0)
+    assert run["rounds"] == rounds and run["searchRecord"] == "s3://kiln/r1/search/halving.json"
+
+
+def test_a_run_started_before_shards_is_counted_one_trial_per_completion():
+    old = {i: {"command": "trial", "trial": i, "result": "Succeeded", "score": 0.9} for i in range(3)}
+    old[3] = {"command": "trial", "trial": 3, "result": "Failed", "reason": "InvalidParameter", "message": "no"}
+    totals = trial_totals(old)
+    assert (totals.succeeded, totals.failed, totals.failures) == (
+        3, 1, [{"trial": 3, "reason": "InvalidParameter", "message": "no"}])
+
+
+def test_the_selection_steps_counts_are_the_runs_final_ones():
+    mv = {"artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64, "format": "skops"},
+          "signature": {"inputs": [{"name": "x", "type": "number"}]}, "metrics": {"accuracy": 0.97}}
+    tp, obs = select_done({"result": "Succeeded", "modelVersion": mv,
+                           "trials": {"planned": 24, "succeeded": 17, "failed": 7, "stopped": 0}})
+    run = pipelines.plan(tp, obs, CFG, NOW).status["runs"][0]
+    assert (run["trialsSucceeded"], run["trialsFailed"], run["trialsStopped"]) == (17, 7, 0)
+
+
+def test_the_crd_refuses_halving_settings_that_cannot_work():
+    """The rules as the apiserver gets them (their verdicts on a real one: tests/integration/test_crds_apiserver.py)."""
+    spec = all_crds()["kiln.dev_trainingpipelines.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["spec"]
+    rules = {r["fieldPath"]: r for r in spec["x-kubernetes-validations"]}
+    assert rules[".search.halving"]["rule"] == "!has(self.search.halving) || self.search.strategy == 'halving'"
+    assert "search.halving.maxResources is required" in rules[".search.halving.maxResources"]["message"]
+    assert "in self.search.space" in rules[".search.halving.resource"]["rule"]
+    assert "minResources <= self.search.halving.maxResources" in rules[".search.halving.minResources"]["rule"]
+    halving = spec["properties"]["search"]["properties"]["halving"]["properties"]
+    assert (halving["factor"]["minimum"], halving["factor"]["maximum"], halving["factor"]["default"]) == (2, 10, 3)
+    base = example("02-trainingpipeline.yaml")["spec"]
+    for bad in ({"factor": 1}, {"resource": "n-estimators"}, {"minResources": 0}):
+        with pytest.raises(ValueError):
+            TrainingPipelineSpec.model_validate({**base, "search": {"strategy": "halving", "halving": bad}})
 
 
 def select_done(summary: dict) -> tuple[dict, pipelines.Observed]:
@@ -460,6 +600,13 @@ def test_a_summary_cut_to_fit_the_termination_message_is_completed_from_the_logs
     # Logs that lost the line (the pod is gone, or another run's) leave the cut summary, which fails the run.
     logs["p"] = json.dumps({**whole, "command": "trial"})
     assert termination_summaries([pod], lambda p: logs["p"])[0] == cut
+
+
+def test_a_cut_shard_summary_is_completed_only_by_that_shards_line():
+    whole = shard(1, 7, failed=(1, 3, 5, 7, 9))
+    cut = {**whole, "failures": [], "truncated": ["failures"]}
+    assert whole_summary(json.dumps(shard(0, 7, failed=(0, 2, 4, 6, 8))), cut) == cut
+    assert whole_summary("training\n" + json.dumps(whole), cut) == whole
 
 
 def test_promotion_archives_only_the_versions_runs_registered():

@@ -40,22 +40,45 @@ class Estimator(ApiModel):
     """Parameters passed to the estimator, e.g. `{max_depth: 8}`; the search space overrides them."""
 
 
+class Halving(ApiModel):
+    """Successive halving (strategy halving): every candidate trains on a small budget, the best go on
+    with a larger one, round after round (scikit-learn's HalvingGridSearchCV)."""
+
+    factor: int = Field(default=3, ge=2, le=10)
+    """Each round keeps the best 1/factor of the candidates and multiplies their budget by factor."""
+    resource: str = Field(default="samples", max_length=63, pattern=r"^[a-z_][a-z0-9_]*$")
+    """What the budget counts: `samples` (training rows), or an integer estimator parameter such as
+    `n_estimators`."""
+    min_resources: int | None = Field(default=None, ge=1)
+    """The first round's budget; unset: chosen so that the last round uses (nearly) the whole budget."""
+    max_resources: int | None = Field(default=None, ge=1)
+    """The last round's budget; required when `resource` is a parameter; unset for samples: every
+    training row."""
+
+
 class Search(ApiModel):
     """Hyper-parameter search: one trial per parameter combination."""
 
-    strategy: Literal["grid", "random"] = "random"
-    """grid tries every combination (up to `trials`); random samples `trials` combinations."""
+    strategy: Literal["grid", "random", "halving"] = "random"
+    """grid tries every combination (up to `trials`); random samples `trials` combinations; halving
+    evaluates `trials` candidates (the grid, or `trials` random draws of it when trials is smaller) on a
+    small budget and keeps the best 1/factor each round (scikit-learn's successive halving, tuned by
+    `halving`); it runs in one pod, `parallelism` being its worker processes."""
     space: dict[str, list[Any]] = Field(default_factory=dict)
     """Candidate values per estimator parameter, e.g. `{n_estimators: [50, 100], max_depth: [4, 8]}`."""
     trials: int = Field(default=1, ge=1, le=500)
-    """How many trials a run trains."""
+    """How many trials (with halving: candidates) a run trains; never more than the space has
+    combinations."""
     parallelism: int = Field(default=1, ge=1, le=64)
-    """How many trials train at once."""
+    """How many pods train at once: each trains every P-th trial in one process (the data read once), so
+    P pods serve any number of trials. With halving: the worker processes of its one pod."""
     metric: Metric | None = None
     """Metric that picks the best trial; accuracy for classifiers and rmse for regressors when unset."""
     cv_folds: int = Field(default=0, ge=0, le=20)
     """Cross-validation folds inside the training split; 0 scores trials on a validation split of it.
     Either way the test split is never used to pick a trial: it scores the winner once."""
+    halving: Halving | None = None
+    """Successive halving's rounds, with strategy halving; unset: factor 3 on training rows."""
 
 
 class Evaluation(ApiModel):
@@ -119,6 +142,21 @@ class TrainingPipelineSpec(ApiModel):
                 ".artifactFormat"),
             cel("self.search.parallelism <= self.search.trials",
                 "search.parallelism must not exceed search.trials", ".search.parallelism"),
+            cel("!has(self.search.halving) || self.search.strategy == 'halving'",
+                "search.halving applies to search.strategy halving only", ".search.halving"),
+            cel("!has(self.search.halving) || !has(self.search.halving.resource) || "
+                "self.search.halving.resource == 'samples' || has(self.search.halving.maxResources)",
+                "search.halving.maxResources is required when search.halving.resource is an estimator "
+                "parameter", ".search.halving.maxResources"),
+            cel("!has(self.search.halving) || !has(self.search.halving.resource) || !has(self.search.space) || "
+                "!(self.search.halving.resource in self.search.space)",
+                "search.halving.resource must not also be a key of search.space: halving sets it each round",
+                ".search.halving.resource"),
+            cel("!has(self.search.halving) || !has(self.search.halving.minResources) || "
+                "!has(self.search.halving.maxResources) || "
+                "self.search.halving.minResources <= self.search.halving.maxResources",
+                "search.halving.minResources must not exceed search.halving.maxResources",
+                ".search.halving.minResources"),
             cel("!has(self.serviceAccountName) || !has(self.pod) || !has(self.pod.serviceAccountName) || "
                 "self.pod.serviceAccountName == self.serviceAccountName",
                 "serviceAccountName and pod.serviceAccountName differ: set pod.serviceAccountName only "
@@ -155,9 +193,10 @@ class TrainingPipelineSpec(ApiModel):
     allow_unsafe_artifacts: bool = False
     """Opt in to joblib artifacts, which execute code when loaded."""
     backoff_limit: int = Field(default=1, ge=0, le=10)
-    """Retries of each trial (backoffLimitPerIndex): one bad trial does not sink the run."""
+    """Retries of each trial pod (backoffLimitPerIndex; a retry skips the trials already done): one bad
+    trial does not sink the run."""
     resources: Resources | None = None
-    """Resources of each trial's container."""
+    """Resources of each trial pod's container."""
     service_account_name: str | None = None
     """ServiceAccount of the training pods: the older spelling of `pod.serviceAccountName`, still honoured
     when that is unset."""
@@ -181,6 +220,31 @@ class Score(ApiModel):
     """Its value on the test split of the run's dataset version."""
 
 
+class TrialFailure(ApiModel):
+    """A trial that failed after its retries."""
+
+    trial: int
+    """The trial's index."""
+    reason: str | None = None
+    """Why, e.g. `InvalidParameter`."""
+    message: str | None = None
+    """What the trainer said."""
+
+
+class HalvingRound(ApiModel):
+    """One round of successive halving."""
+
+    round: int
+    """The round, from 0."""
+    resources: int
+    """Each candidate's budget in this round (rows, or the resource parameter's value)."""
+    candidates: int
+    """Candidates trained in this round."""
+    kept: int
+    """Candidates that went on to the next round; after the last, the finalists, each then trained as a
+    trial on the whole budget."""
+
+
 class Run(ApiModel):
     """One run of a pipeline."""
 
@@ -194,10 +258,20 @@ class Run(ApiModel):
     """The trials' Job."""
     dataset_version: str | None = None
     """The dataset version trained on."""
+    trials_planned: int | None = None
+    """Trials (with halving: candidates) the run trains: `search.trials`, at most the space's combinations."""
     trials_succeeded: int = 0
     """Trials that finished."""
     trials_failed: int = 0
     """Trials that failed after their retries."""
+    trials_stopped: int = 0
+    """Candidates successive halving stopped early (neither succeeded nor failed)."""
+    failed_trials: list[TrialFailure] = Field(default_factory=list, max_length=10)
+    """Failed trials and why (the first 10 seen); each new one also raises a `TrialFailed` Event."""
+    rounds: list[HalvingRound] = Field(default_factory=list, max_length=20)
+    """Successive halving's rounds: budget, candidates and how many went on."""
+    search_record: str | None = None
+    """Store URI of the halving record: every candidate's score in every round and the round it stopped in."""
     best_metrics: dict[str, float] | None = None
     """Metrics of the best trial on the held-out test split of `datasetVersion`."""
     challenger: Score | None = None

@@ -1,4 +1,4 @@
-"""Jobs of the training loop: dataset validation, a run's trials (one Indexed Job), its selection step.
+"""Jobs of the training loop: dataset validation, a run's trials (one Indexed Job of shards), selection.
 
 The runtime reads one JSON configuration (docs/pod-contract.md, kiln-train): the Dataset and
 TrainingPipeline specs as stored, the run's output prefix, the dataset version and lineage. It
@@ -140,23 +140,33 @@ def trial_count(search: dict[str, Any]) -> int:
     return max(1, min(search.get("trials", 1), combinations))
 
 
+def shard_count(search: dict[str, Any]) -> int:
+    """Pods of the trials' Job: each trains every P-th trial in one process (the data read once).
+    Successive halving runs in one pod, its `parallelism` being worker processes."""
+    if search.get("strategy") == "halving":
+        return 1
+    return min(search.get("parallelism", 1), trial_count(search))
+
+
 def trials_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+    """One Indexed Job of P shards: the pod of index i trains trials i, i+P, i+2P, ... (the runtime
+    reads i from $JOB_COMPLETION_INDEX)."""
     spec = pipeline["spec"]
-    search = spec.get("search", {})
-    trials = trial_count(search)
+    shards = shard_count(spec.get("search", {}))
     return _job(pipeline, run_job_name(pipeline, run_id, "trials"),
-                _container(cfg, ["trial"], config, spec.get("resources")),
+                _container(cfg, ["trial", "--shards", str(shards)], config, spec.get("resources")),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "trials"},
                 pod=spec.get("pod"), service_account=spec.get("serviceAccountName"),
-                # A trial with a parameter scikit-learn rejects fails its own index only.
+                # A shard whose every trial failed permanently fails its own index only.
                 on_permanent="FailIndex",
                 extra_spec={
                     "completionMode": "Indexed",
-                    "completions": trials,
-                    "parallelism": min(search.get("parallelism", 1), trials),
-                    # Each trial retries on its own; a bad trial fails alone and the run goes on.
+                    "completions": shards,
+                    "parallelism": shards,
+                    # Each shard retries on its own (skipping the trials it already finished); a bad
+                    # shard fails alone and the run goes on with the others' trials.
                     "backoffLimitPerIndex": spec.get("backoffLimit", 1),
-                    "maxFailedIndexes": max(trials - 1, 0),
+                    "maxFailedIndexes": shards - 1,
                 })
 
 

@@ -184,13 +184,13 @@ def _record(cfg: Config, metric: str, candidates: list[dict], full: list[dict], 
             entry["error"] = (f"the fit failed on round {final}'s budget ({mine[-1]['resources']} "
                               f"{plan.resource}){': ' + failed_fit if failed_fit else ''}")[:600]
         elif final != last:
-            cutoff = rounds[final]["cutoff"]
-            entry["stopped"] = {
-                "trial": i, "round": final, "resources": mine[-1]["resources"], "score": mine[-1]["score"],
-                "cutoff": cutoff, "searchParams": candidate,
-                "message": f"stopped after round {final}: {metric} {mine[-1]['score']:.6g} on "
-                           f"{mine[-1]['resources']} {plan.resource}, the best 1/{plan.factor} needed "
-                           f"{cutoff:.6g}" if cutoff is not None else f"stopped after round {final}"}
+            cutoff, score = rounds[final]["cutoff"], mine[-1]["score"]
+            why = f"stopped after round {final}: {metric} {score:.6g} on {mine[-1]['resources']} {plan.resource}"
+            if cutoff is not None:
+                why += (f", tied with the worst of the best 1/{plan.factor} ({cutoff:.6g}) and placed after it"
+                        if score == cutoff else f", the best 1/{plan.factor} scored {'at most' if sign < 0 else 'at least'} {cutoff:.6g}")
+            entry["stopped"] = {"trial": i, "round": final, "resources": mine[-1]["resources"], "score": score,
+                                "cutoff": cutoff, "searchParams": candidate, "message": why}
         out.append(entry)
     return {"strategy": "halving", "factor": plan.factor, "resource": plan.resource,
             "minResources": int(searcher.min_resources_), "maxResources": int(searcher.max_resources_),
