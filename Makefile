@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo venv crds docs test test-unit build cluster-up cluster-down cluster-purge
+.PHONY: help demo venv crds docs lock test test-unit build cluster-up cluster-down cluster-purge images
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -24,6 +24,9 @@ crds: venv ## Regenerate crds/ (and the kiln-crds chart's copy) from the pydanti
 
 docs: venv ## Regenerate docs/api-reference.md from the pydantic models
 	$(PY) -m kiln_operator.api.docgen --out docs/api-reference.md
+
+lock: ## Re-resolve constraints.txt, the pins both images and the venv install (ARGS="-P numpy" moves one)
+	bash hack/lock.sh $(ARGS)
 
 test-unit: venv ## Run the unit tests (no cluster)
 	$(PY) -m pytest tests/unit -q

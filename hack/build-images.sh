@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Builds the cluster's images daemonless with buildah and, when the node's containerd runs, imports
-# them into its `k8s.io` namespace as docker.io/kiln/NAME:dev (no registry is reachable: pods use these
-# local tags with imagePullPolicy IfNotPresent). Every image is keyed by a hash of its inputs, so a
+# them into its `k8s.io` namespace (no registry is reachable: pods use these local images with
+# imagePullPolicy IfNotPresent). The project's two are named as the chart names them by default,
+# ghcr.io/kiln-dev/kiln-operator:VERSION and ghcr.io/kiln-dev/kiln-runtime:VERSION, VERSION being
+# charts/kiln/Chart.yaml's appVersion; the local cluster's own (pause, coredns, metrics-server, base) are
+# docker.io/kiln/NAME:dev. Each is also kept as a docker-archive tar, $KILN_CACHE/images/NAME-HASH.tar,
+# which docs/helm.md shows how to push to a registry. Every image is keyed by a hash of its inputs, so a
 # warm run only compares hashes.
 #   build-images.sh [pause|coredns|metrics-server|base|runtime|operator|all]...   (default: all)
 set -euo pipefail
@@ -16,6 +20,19 @@ command -v buildah >/dev/null || die "buildah is missing: run hack/install-deps.
 # buildah storage. The lock is released when this script exits.
 exec {lock}>"$IMAGES/.lock"
 flock -n "$lock" || { log "another image build is running: waiting for it"; flock "$lock"; }
+
+# The project's images: the registry and path the project owns, and the release they are tagged with.
+PROJECT_REGISTRY=ghcr.io/kiln-dev
+APP_VERSION=$(sed -nE 's/^appVersion:[[:space:]]*"?([^"#[:space:]]+)"?.*$/\1/p' "$KILN_ROOT/charts/kiln/Chart.yaml")
+[ -n "$APP_VERSION" ] || die "no appVersion in charts/kiln/Chart.yaml"
+
+# ref_of NAME: the reference NAME's image is tagged and imported with.
+ref_of() {
+  case $1 in
+    runtime|operator) echo "$PROJECT_REGISTRY/kiln-$1:$APP_VERSION" ;;
+    *) echo "docker.io/kiln/$1:dev" ;;
+  esac
+}
 
 # hash_of PATH...: a short hash of the files' names and contents (bytecode and caches left out).
 hash_of() {
@@ -40,15 +57,20 @@ go_binary() {
 # of the code alone rebuilds only the small layers after the dependencies.
 build() {
   local name=$1 hash=$2 ctx=$3 file=$4; shift 4
-  local tar=$IMAGES/$name-$hash.tar t0=$SECONDS old
+  local tar=$IMAGES/$name-$hash.tar t0=$SECONDS old ref
+  # The name in buildah's own storage, the same whatever the release: the previous build is found by it.
+  local tag=localhost/kiln-build/$name:latest
+  ref=$(ref_of "$name")
   [ -f "$tar" ] && { log "$name: cached ($hash)"; return 0; }
   log "$name: building the image ($hash)..."
-  old=$("${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "kiln/$name:dev" 2>/dev/null || true)
+  # (kiln/NAME:dev: how builds before the names above were tagged in buildah's storage.)
+  old=$("${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "$tag" 2>/dev/null \
+        || "${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "kiln/$name:dev" 2>/dev/null || true)
   "${BUILDAH[@]}" bud --pull=never --network=none --layers=true -f "$file" "$@" \
-    -t "kiln/$name:dev" "$ctx" >"$IMAGES/$name.build.log" 2>&1 \
+    -t "$tag" "$ctx" >"$IMAGES/$name.build.log" 2>&1 \
     || { tail -n 30 "$IMAGES/$name.build.log" >&2; die "building image $name failed (log: $IMAGES/$name.build.log)"; }
-  log "$name: built in $((SECONDS - t0)) s; exporting it..."
-  "${BUILDAH[@]}" push --quiet "kiln/$name:dev" "docker-archive:$tar.tmp:docker.io/kiln/$name:dev" >/dev/null
+  log "$name: built in $((SECONDS - t0)) s; exporting it as $ref..."
+  "${BUILDAH[@]}" push --quiet "$tag" "docker-archive:$tar.tmp:$ref" >/dev/null
   mv "$tar.tmp" "$tar"
   find "$IMAGES" -maxdepth 1 -name "$name-*.tar" ! -name "$name-$hash.tar" -delete
   # The previous build of this image, now untagged: removed so that storage does not grow with every
@@ -59,7 +81,8 @@ build() {
 
 # import NAME HASH: loads $IMAGES/NAME-HASH.tar into the node's containerd unless that hash is there.
 import() {
-  local name=$1 hash=$2 ref=docker.io/kiln/$1:dev
+  local name=$1 hash=$2 ref
+  ref=$(ref_of "$1")
   local ctr=(ctr --address "$CTRD_SOCK" -n k8s.io)
   # The current hash, for manifests that roll their pods when the image changes.
   echo "$hash" >"$IMAGES/$name.current"
@@ -139,17 +162,18 @@ img_base() {
   debian_base
   local h=${BASE_REF##*:}
   if [ ! -f "$IMAGES/base-$h.tar" ]; then
-    "${BUILDAH[@]}" push --quiet "$BASE_REF" "docker-archive:$IMAGES/base-$h.tar.tmp:docker.io/kiln/base:dev" >/dev/null
+    "${BUILDAH[@]}" push --quiet "$BASE_REF" "docker-archive:$IMAGES/base-$h.tar.tmp:$(ref_of base)" >/dev/null
     mv "$IMAGES/base-$h.tar.tmp" "$IMAGES/base-$h.tar"
   fi
   import base "$h"
 }
 
 # The wheelhouse: every wheel the runtime and operator need, downloaded on the host (pip inside a
-# build has no index), keyed by pyproject.toml. The project's own wheel is built per image hash.
+# build has no index), at the versions constraints.txt pins (`make lock`), keyed by pyproject.toml and
+# constraints.txt. The project's own wheel is built per image hash.
 wheelhouse() {
   local h py
-  h=$( { hash_of pyproject.toml; echo "with setuptools"; } | sha256sum | cut -c1-16)
+  h=$( { hash_of pyproject.toml constraints.txt; echo "with setuptools"; } | sha256sum | cut -c1-16)
   WHEELS=$KILN_CACHE/wheelhouse-$h
   [ -f "$WHEELS/.complete" ] && return 0
   py=$(bash "$KILN_ROOT/hack/venv.sh")/bin/python
@@ -158,7 +182,8 @@ wheelhouse() {
   log "wheelhouse: fetching the runtime and operator dependencies..."
   rm -rf "$WHEELS"; mkdir -p "$WHEELS"
   # setuptools too: the images build the project from source with pip, in an isolated build env.
-  timeout 900 "$py" -m pip wheel -q -w "$WHEELS" "setuptools>=77" "$KILN_ROOT[runtime,operator]" >"$IMAGES/wheelhouse.log" 2>&1 \
+  timeout 900 "$py" -m pip wheel -q -w "$WHEELS" -c "$KILN_ROOT/constraints.txt" \
+    "setuptools>=77" "$KILN_ROOT[runtime,operator]" >"$IMAGES/wheelhouse.log" 2>&1 \
     || { tail -n 20 "$IMAGES/wheelhouse.log" >&2; die "pip wheel failed (log: $IMAGES/wheelhouse.log)"; }
   rm -f "$WHEELS"/kiln-*.whl
   touch "$WHEELS/.complete"
@@ -171,7 +196,8 @@ py_image() {
   local name=$1 file=$2 h
   debian_base
   wheelhouse
-  h=$( { hash_of pyproject.toml README.md .dockerignore serving_image operator "$file"; echo "$BASE_REF $WHEELS"; } \
+  h=$( { hash_of pyproject.toml constraints.txt README.md .dockerignore serving_image operator "$file"
+         echo "$BASE_REF $WHEELS $(ref_of "$name")"; } \
     | sha256sum | cut -c1-16)
   if [ ! -f "$IMAGES/$name-$h.tar" ]; then
     build "$name" "$h" "$KILN_ROOT" "$KILN_ROOT/$file" --build-arg "BASE=$BASE_REF" \

@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from . import __version__
+
+# The runtime image as the chart names it by default (runtime.repository, tag = appVersion) and as
+# `make images` tags its build; the chart always passes KILN_RUNTIME_IMAGE, so this default matters to an
+# operator started by hand.
+RUNTIME_REPOSITORY = "ghcr.io/kiln-dev/kiln-runtime"
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    runtime_image: str = "kiln/runtime:dev"
+    runtime_image: str = f"{RUNTIME_REPOSITORY}:{__version__}"
     image_pull_policy: str = "IfNotPresent"
     # Where runs write their artifacts: s3://bucket/prefix or file:///path (a volume every pod mounts).
     artifact_root: str = "s3://kiln/artifacts"

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
+APP_VERSION = yaml.safe_load((ROOT / "charts/kiln/Chart.yaml").read_text())["appVersion"]
 NS = "kiln-demo"
 RELEASE, SYSTEM_NS = "kiln", "kiln-system"
 
@@ -51,10 +53,13 @@ def test_the_operator_runs_in_the_cluster_from_the_chart_and_serves_the_demo_nam
     assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     assert deployment["status"].get("readyReplicas") == deployment["spec"]["replicas"] == 1
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "kiln/operator:dev"
+    # The chart's default names, which hack/build-images.sh tags its build with and imports.
+    assert container["image"] == f"ghcr.io/kiln-dev/kiln-operator:{APP_VERSION}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
     assert f"--namespace={NS}" in container["args"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["KILN_RUNTIME_IMAGE"] == "kiln/runtime:dev" and env["KILN_STORE_SECRET"] == "kiln-store"
+    assert env["KILN_RUNTIME_IMAGE"] == f"ghcr.io/kiln-dev/kiln-runtime:{APP_VERSION}"
+    assert env["KILN_STORE_SECRET"] == "kiln-store"
     assert [s["secretRef"]["name"] for s in container["envFrom"]] == ["kiln-source-checks"]
     # It lists the growing Dataset's prefix itself, with the Secret sourceChecks.secretName names.
     dataset = kubectl.json("get", "kds", "loans", "-n", NS)

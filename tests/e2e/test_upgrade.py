@@ -16,8 +16,10 @@ put back if anything was lost all the same; and no other Kiln object may have be
 30 seconds (another test at work would see its objects through the old schema). Whatever happens, the CRDs end at the working tree's version
 with the Helm ownership they had before. They are never deleted.
 
-The old and the new chart run the same image (kiln/operator:dev): what is tested is the chart and CRD
-upgrade path, not an operator's own migration.
+The old and the new chart run the same images, the ones hack/build-images.sh imported (named as the new
+chart names them by default; the old chart's defaults, kiln/operator:dev and kiln/runtime:dev, are set
+aside with its own value names, image.repository/.tag and runtime.image): what is tested is the chart
+and CRD upgrade path, not an operator's own migration.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ EXAMPLES = [ROOT / "examples" / name for name in
 # (Dataset spec.window, InferenceService spec.feedback, ...). KILN_UPGRADE_FROM names another revision.
 PREVIOUS = os.environ.get("KILN_UPGRADE_FROM", "0a13b6799d5d5ff71c36880bee94c539f2a0c621")
 KINDS = ["datasets", "trainingpipelines", "modelversions", "inferenceservices"]
+# The images the local build imports: the new chart's default names, tagged with its appVersion.
+NEW_VALUES = yaml.safe_load((ROOT / "charts/kiln/values.yaml").read_text())
+APP_VERSION = yaml.safe_load((ROOT / "charts/kiln/Chart.yaml").read_text())["appVersion"]
+OPERATOR_IMAGE = (NEW_VALUES["image"]["repository"], APP_VERSION)
+RUNTIME_IMAGE = f"{NEW_VALUES['runtime']['repository']}:{APP_VERSION}"
 # What Helm's ownership of an object is made of, and what the kiln-crds chart adds: restored at the end.
 OWNERSHIP = {"labels": ["app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                         "helm.sh/chart"],
@@ -242,6 +249,11 @@ def test_upgrade_from_the_previous_chart_then_uninstall_in_order(kubectl, kubeco
         values = tmp_path / "values.yaml"
         values.write_text(json.dumps({"replicas": 1, "watchNamespaces": [namespace, other],
                                       "peering": {"enabled": True, "name": release},
+                                      # The images as 0.1.0's values name them (see the docstring); the
+                                      # upgrade reuses them (--reset-then-reuse-values), which the new
+                                      # chart reads the same (runtime.image, a whole reference, wins).
+                                      "image": {"repository": OPERATOR_IMAGE[0], "tag": OPERATOR_IMAGE[1]},
+                                      "runtime": {"image": RUNTIME_IMAGE},
                                       # No store: runs fail fast; a status is all this test needs.
                                       "artifactStore": {"root": "s3://kiln-upgrade/artifacts",
                                                         "s3": {"endpoint": "http://127.0.0.1:9"}}}))

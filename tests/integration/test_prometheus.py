@@ -20,8 +20,12 @@ import prometheus_local
 import pytest
 import yaml
 
+from kiln_operator.config import OperatorConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts/kiln/alerts/kiln-rules.yaml"
+# The serving pods' image (never pulled: no node takes the pod).
+RUNTIME_IMAGE = OperatorConfig().runtime_image
 
 pytestmark = pytest.mark.cluster
 
@@ -71,9 +75,9 @@ def fake_serving_pod(name: str, http: int, monitor: int, annotated: bool = True)
             # No node matches: the kubelet never runs it, so only this test decides its status.
             "nodeSelector": {"kiln.dev/test-no-such-node": "true"},
             "containers": [
-                {"name": "server", "image": "kiln/runtime:dev",
+                {"name": "server", "image": RUNTIME_IMAGE,
                  "ports": [{"name": "http", "containerPort": http}, {"name": "admin", "containerPort": 1}]},
-                {"name": "monitor", "image": "kiln/runtime:dev", "ports": [{"name": "monitor", "containerPort": monitor}]},
+                {"name": "monitor", "image": RUNTIME_IMAGE, "ports": [{"name": "monitor", "containerPort": monitor}]},
             ],
         },
     }

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
+import kiln_operator
 from kiln_operator.config import OperatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,10 +89,10 @@ def test_every_env_var_is_one_the_operator_reads(helm):
         assert chart_env <= read, f"{values.name}: {chart_env - read} are not read by config.from_env"
 
 
-def test_defaults_agree_with_the_operator():
+def test_defaults_agree_with_the_operator(helm):
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     default = OperatorConfig()
-    assert values["runtime"]["image"] == default.runtime_image
+    assert env_of(one(objects(helm), "Deployment"))["KILN_RUNTIME_IMAGE"] == default.runtime_image
     assert values["runtime"]["pullPolicy"] == default.image_pull_policy
     assert values["artifactStore"]["root"] == default.artifact_root
     assert values["artifactStore"]["s3"]["region"] == default.s3_region
@@ -99,7 +101,7 @@ def test_defaults_agree_with_the_operator():
 def test_values_reach_the_operator_as_env(helm):
     objs = objects(helm, "-f", str(CHART / "ci/s3-values.yaml"))
     env = env_of(one(objs, "Deployment"))
-    assert env["KILN_RUNTIME_IMAGE"] == "registry.example.com/kiln/runtime:0.1.0"
+    assert env["KILN_RUNTIME_IMAGE"] == "registry.example.com/ml-platform/kiln-runtime:0.1.0"
     assert env["KILN_IMAGE_PULL_POLICY"] == "Always"
     assert env["KILN_ARTIFACT_ROOT"] == "s3://ml-artifacts/kiln"
     assert env["KILN_S3_ENDPOINT"] == "http://minio.storage.svc:9000"
@@ -190,8 +192,82 @@ def test_replicas_are_spread_over_nodes_by_preference(helm):
 
 def test_global_values_of_an_umbrella_chart_are_accepted(helm):
     """Helm hands `global` to every subchart; a schema refusing unknown keys must still take it."""
-    assert one(objects(helm, "--set", "global.foo=bar", "--set", "global.imageRegistry=r.example.com"),
-               "Deployment")
+    assert one(objects(helm, "--set", "global.foo=bar"), "Deployment")
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+DIGEST_A, DIGEST_B = "sha256:" + "0a" * 32, "sha256:" + "b1" * 32
+
+
+def images_of(helm: Path, *args: str) -> tuple[str, str]:
+    """The operator's image and the runtime image it is told to use (KILN_RUNTIME_IMAGE)."""
+    deployment = one(objects(helm, *args), "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"][0]["image"], env_of(deployment)["KILN_RUNTIME_IMAGE"]
+
+
+def test_the_release_version_is_one_number():
+    """The operator's __version__ tags the default runtime image; the chart's appVersion tags both images
+    (hack/build-images.sh reads it); pyproject.toml's version is the package's. One release, one number."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    crds_app = yaml.safe_load((CRD_CHART / "Chart.yaml").read_text())["appVersion"]
+    assert kiln_operator.__version__ == pyproject == APP_VERSION == crds_app
+
+
+def test_default_images_are_fully_qualified_and_tagged_with_the_app_version(helm):
+    """Names under the project's own registry namespace (an unqualified name resolves to Docker Hub), the
+    tag the chart's appVersion, pulled only if absent (the local cluster's node has them imported)."""
+    deployment = one(objects(helm), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/kiln-dev/kiln-operator:{APP_VERSION}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    env = env_of(deployment)
+    assert env["KILN_RUNTIME_IMAGE"] == f"ghcr.io/kiln-dev/kiln-runtime:{APP_VERSION}" == OperatorConfig().runtime_image
+    assert env["KILN_IMAGE_PULL_POLICY"] == "IfNotPresent"
+
+
+def test_the_build_tags_the_images_the_chart_names():
+    """hack/build-images.sh tags its build PROJECT_REGISTRY/kiln-NAME:appVersion: the chart's defaults."""
+    script = (ROOT / "hack/build-images.sh").read_text()
+    (registry,) = re.findall(r"^PROJECT_REGISTRY=(\S+)$", script, re.M)
+    assert 'echo "$PROJECT_REGISTRY/kiln-$1:$APP_VERSION"' in script
+    assert "charts/kiln/Chart.yaml" in script and "appVersion" in script
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["repository"] == f"{registry}/kiln-operator"
+    assert values["runtime"]["repository"] == f"{registry}/kiln-runtime"
+    assert values["image"]["tag"] == values["runtime"]["tag"] == values["runtime"]["image"] == ""
+
+
+def test_a_digest_pins_the_image_and_the_tag_is_ignored(helm):
+    operator, runtime = images_of(helm, "--set", f"image.digest={DIGEST_A}", "--set", "image.tag=9.9.9",
+                                  "--set", f"runtime.digest={DIGEST_B}")
+    assert operator == f"ghcr.io/kiln-dev/kiln-operator@{DIGEST_A}"
+    assert runtime == f"ghcr.io/kiln-dev/kiln-runtime@{DIGEST_B}"
+    # A tag of one's own without a digest.
+    assert images_of(helm, "--set", "image.tag=0.1.1", "--set", "runtime.tag=0.1.1") == (
+        "ghcr.io/kiln-dev/kiln-operator:0.1.1", "ghcr.io/kiln-dev/kiln-runtime:0.1.1")
+
+
+def test_runtime_image_as_a_whole_reference_still_wins(helm):
+    """Chart 0.1.0 took the runtime image as one reference; values files that set it keep working."""
+    ref = "registry.example.com/team/kiln-runtime:custom"
+    assert images_of(helm, "--set", f"runtime.image={ref}", "--set", f"runtime.digest={DIGEST_B}")[1] == ref
+    assert images_of(helm, "--set", f"runtime.image={ref}", "--set", "global.imageRegistry=m.example.com")[1] == ref
+
+
+def test_global_image_registry_replaces_the_registry_of_both_images(helm):
+    assert images_of(helm, "--set", "global.imageRegistry=mirror.example.com:5000/ghcr") == (
+        f"mirror.example.com:5000/ghcr/kiln-dev/kiln-operator:{APP_VERSION}",
+        f"mirror.example.com:5000/ghcr/kiln-dev/kiln-runtime:{APP_VERSION}")
+    # A repository without a registry part gets the registry in front.
+    assert images_of(helm, "--set", "global.imageRegistry=r.example.com", "--set", "image.repository=kiln/op")[0] == \
+        f"r.example.com/kiln/op:{APP_VERSION}"
+    # The ci file: a mirror, and both images by digest.
+    digests = yaml.safe_load((CHART / "ci/digest-values.yaml").read_text())
+    assert images_of(helm, "-f", str(CHART / "ci/digest-values.yaml")) == (
+        f"mirror.example.com/ghcr/kiln-dev/kiln-operator@{digests['image']['digest']}",
+        f"mirror.example.com/ghcr/kiln-dev/kiln-runtime@{digests['runtime']['digest']}")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -205,6 +281,10 @@ def test_global_values_of_an_umbrella_chart_are_accepted(helm):
     (["--set", "logFormat=xml"], "logFormat"),
     (["--set", "watchNamespaces[0]=Team_A"], "watchNamespaces"),
     (["--set", "serviceAccount.create=false"], "serviceAccount.name is required"),
+    (["--set", "image.digest=sha256:abc"], "image.digest must be sha256:"),
+    (["--set", "image.digest=" + "0a" * 32], "image.digest must be sha256:"),
+    (["--set", "runtime.digest=sha256:" + "0A" * 32], "runtime.digest must be sha256:"),
+    (["--set", "image.repository=ghcr.io/kiln dev/op"], "/image/repository"),
 ])
 def test_bad_values_are_refused_with_a_reason(helm, args, message):
     result = render(helm, *args, check=False)

@@ -24,7 +24,7 @@ MV = {
                           "onnx": {"uri": "s3://b/model.onnx", "sha256": "b" * 64, "parityVerified": True}},
              "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}},
 }
-CFG = OperatorConfig(runtime_image="kiln/runtime:test", s3_endpoint="http://10.244.0.1:9000", store_secret="s3")
+CFG = OperatorConfig(runtime_image="ghcr.io/kiln-dev/kiln-runtime:test", s3_endpoint="http://10.244.0.1:9000", store_secret="s3")
 
 
 def env_of(container):
@@ -39,7 +39,7 @@ def test_deployment_runs_the_server_and_the_monitor_restricted():
         sc = c["securityContext"]
         assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"]
         assert sc["capabilities"] == {"drop": ["ALL"]}
-        assert c["image"] == "kiln/runtime:test" and c["envFrom"] == [{"secretRef": {"name": "s3"}}]
+        assert c["image"] == "ghcr.io/kiln-dev/kiln-runtime:test" and c["envFrom"] == [{"secretRef": {"name": "s3"}}]
     server = env_of(pod["containers"][0])
     assert server["KILN_MODEL_SHA256"] == "a" * 64 and server["KILN_ONNX_URI"] == "s3://b/model.onnx"
     assert json.loads(server["KILN_SIGNATURE"])["inputs"][0]["name"] == "x"
