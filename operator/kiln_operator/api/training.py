@@ -148,10 +148,6 @@ class TrainingPipelineSpec(ApiModel):
                 "self.search.halving.resource == 'samples' || has(self.search.halving.maxResources)",
                 "search.halving.maxResources is required when search.halving.resource is an estimator "
                 "parameter", ".search.halving.maxResources"),
-            cel("!has(self.search.halving) || !has(self.search.halving.resource) || !has(self.search.space) || "
-                "!(self.search.halving.resource in self.search.space)",
-                "search.halving.resource must not also be a key of search.space: halving sets it each round",
-                ".search.halving.resource"),
             cel("!has(self.search.halving) || !has(self.search.halving.minResources) || "
                 "!has(self.search.halving.maxResources) || "
                 "self.search.halving.minResources <= self.search.halving.maxResources",
