@@ -84,10 +84,28 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _final_step(model, X):
+    """(the estimator, its input): a pipeline's preprocessing runs once for predict and predict_proba
+    alike, exactly as Pipeline.predict would run it."""
+    steps = getattr(model, "steps", None)
+    if steps and len(steps) > 1:
+        return model[-1], model[:-1].transform(X)
+    return model, X
+
+
 def classification_metrics(model, X, y_true: np.ndarray) -> dict[str, float]:
     from sklearn import metrics as m
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
-    y_pred = model.predict(X)
+    model, X = _final_step(model, X)
+    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
+    # A forest's predict is the argmax of its predict_proba (scikit-learn defines it so): one pass
+    # through the trees instead of two. Other models predict their own way (SVC's Platt-scaled
+    # probabilities can disagree with its decision function).
+    if proba is not None and isinstance(model, (RandomForestClassifier, ExtraTreesClassifier)):
+        y_pred = model.classes_.take(np.argmax(proba, axis=1), axis=0)
+    else:
+        y_pred = model.predict(X)
     classes = list(model.classes_)
     binary = len(classes) == 2
     avg = {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
@@ -97,8 +115,7 @@ def classification_metrics(model, X, y_true: np.ndarray) -> dict[str, float]:
         "precision": m.precision_score(y_true, y_pred, zero_division=0, **avg),
         "recall": m.recall_score(y_true, y_pred, zero_division=0, **avg),
     }
-    if hasattr(model, "predict_proba"):
-        proba = model.predict_proba(X)
+    if proba is not None:
         present = np.unique(y_true)
         try:
             out["log_loss"] = m.log_loss(y_true, proba, labels=classes)
@@ -118,6 +135,7 @@ def classification_metrics(model, X, y_true: np.ndarray) -> dict[str, float]:
 def regression_metrics(model, X, y_true: np.ndarray) -> dict[str, float]:
     from sklearn import metrics as m
 
+    model, X = _final_step(model, X)
     y_pred = model.predict(X)
     out = {
         "rmse": math.sqrt(m.mean_squared_error(y_true, y_pred)),
