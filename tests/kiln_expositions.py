@@ -62,7 +62,8 @@ def operator() -> str:
     if not _operator_installed:
         metrics.install(lambda: 0, lambda: 0, lambda: [("InferenceService", "True", "Serving")])
         _operator_installed = True
-    metrics.RECONCILES.labels(kind="InferenceService", result="ok").inc()
+    for result in ("ok", "error"):
+        metrics.RECONCILES.labels(kind="InferenceService", result=result).inc()
     metrics.RECONCILE_SECONDS.labels(kind="InferenceService").observe(0.002)
     metrics.API_REQUESTS.labels(verb="apply", kind="Deployment").inc()
     metrics.EVENTS.labels(kind="InferenceService", type="Warning", reason="RolledBack").inc()

@@ -16,6 +16,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import prometheus_local
 import pytest
 
 pytestmark = pytest.mark.cluster
@@ -35,6 +36,11 @@ def _helm(helm: Path, kubeconfig: Path, *args: str, timeout: float = 300) -> sub
 def _ready(kubectl, namespace: str, kind: str, name: str) -> dict | None:
     obj = kubectl.json("get", kind, name, "-n", namespace)
     return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), None)
+
+
+@pytest.fixture(scope="session")
+def prometheus(kubeconfig):
+    yield from prometheus_local.session()
 
 
 @pytest.fixture()
@@ -82,7 +88,8 @@ def _acting(log: str) -> bool:
     return bool(states) and "Resuming operations" in states[-1]
 
 
-def test_a_user_following_the_docs_gets_a_ready_inference_service_and_no_forbidden(kubectl, namespace, release):
+def test_a_user_following_the_docs_gets_a_ready_inference_service_and_no_forbidden(kubectl, namespace, release,
+                                                                                   prometheus):
     deployment = kubectl.json("get", "deployment", f"{release}-kiln-operator", "-n", namespace)
     assert deployment["status"].get("readyReplicas") == deployment["spec"]["replicas"] == 2
     kubectl.run("apply", "-n", namespace, *(f"--filename={EXAMPLES / f}" for f in
@@ -110,3 +117,17 @@ def test_a_user_following_the_docs_gets_a_ready_inference_service_and_no_forbidd
     logs = _logs(kubectl, namespace, release)
     denied = [line for line in logs.splitlines() if any(word in line for word in DENIED)]
     assert denied == [], "\n".join(denied[:20])
+
+    # Both operator pods are scraped on their `metrics` port, as the chart's operator PodMonitor selects
+    # them (the local Prometheus's kiln-operator job), and the Kiln / Operator board shows the acting
+    # one's reconciles of this namespace's objects.
+    def scraped():
+        found = [t for t in prometheus.targets() if t["labels"].get("job") == "kiln-operator"
+                 and t["labels"].get("namespace") == namespace and t["health"] == "up"]
+        return found if len(found) == 2 else None
+
+    prometheus.wait_for(scraped, timeout=60, what="both operator pods scraped")
+    (reconciles,) = [exprs[0] for board, title, exprs in prometheus_local.dashboard_queries({"namespace": namespace})
+                     if board == "kiln-operator" and title.startswith("Reconciles/s")]
+    series = prometheus.wait_for(lambda: prometheus.query(reconciles), timeout=60, what="reconciles on the board")
+    assert {"InferenceService", "Dataset"} <= {s["metric"]["kind"] for s in series}, series

@@ -50,9 +50,10 @@ class _Exposition(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def expositions():
-    """Two loopback servers, as kiln-serve's `http` and kiln-monitor's `monitor` ports."""
+    """Three loopback servers, as kiln-serve's `http`, kiln-monitor's `monitor` and the operator's `metrics`
+    ports."""
     servers = []
-    for render in (kiln_expositions.server, kiln_expositions.monitor):
+    for render in (kiln_expositions.server, kiln_expositions.monitor, kiln_expositions.operator):
         s = ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
         s.render = render
         threading.Thread(target=s.serve_forever, daemon=True).start()
@@ -80,6 +81,18 @@ def fake_serving_pod(name: str, http: int, monitor: int, annotated: bool = True)
                 {"name": "monitor", "image": RUNTIME_IMAGE, "ports": [{"name": "monitor", "containerPort": monitor}]},
             ],
         },
+    }
+
+
+def fake_operator_pod(name: str, metrics: int) -> dict:
+    """Labelled as the chart labels the operator's pods, the metrics port named as the chart names it."""
+    labels = {"app.kubernetes.io/name": "kiln", "app.kubernetes.io/instance": "kiln",
+              "app.kubernetes.io/component": "operator", "app.kubernetes.io/part-of": "kiln"}
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeSelector": {"kiln.dev/test-no-such-node": "true"},
+                 "containers": [{"name": "operator", "image": RUNTIME_IMAGE, "ports": [
+                     {"name": "health", "containerPort": 1}, {"name": "metrics", "containerPort": metrics}]}]},
     }
 
 
@@ -118,7 +131,7 @@ def test_its_identity_may_only_read_pods(kubectl, prometheus):
 
 
 def test_discovers_relabels_and_scrapes_an_annotated_pod(kubectl, namespace, prometheus, expositions):
-    http, monitor = expositions
+    http, monitor, _ = expositions
     create_with_loopback_ip(kubectl, namespace, fake_serving_pod("serving", http, monitor))
     create_with_loopback_ip(kubectl, namespace, fake_serving_pod("unannotated", http, monitor, annotated=False))
 
@@ -156,8 +169,10 @@ def test_discovers_relabels_and_scrapes_an_annotated_pod(kubectl, namespace, pro
 def test_every_dashboard_panel_and_alert_evaluates_on_the_scraped_pod(kubectl, namespace, prometheus, expositions):
     """Every panel's PromQL is valid and returns data for this pod's series; the drift alert, whose
     condition the synthetic report meets, goes pending: rules are evaluated on what is scraped."""
-    http, monitor = expositions
+    http, monitor, operator = expositions
     create_with_loopback_ip(kubectl, namespace, fake_serving_pod("serving", http, monitor))
+    create_with_loopback_ip(kubectl, namespace, fake_operator_pod("operator", operator))
+    # The operator board's namespace is the operator's own: only this namespace's fake operator fills it.
     queries = prometheus_local.dashboard_queries({"namespace": namespace})
 
     def empty_panels():

@@ -88,17 +88,32 @@ def panels(dashboard: dict) -> list[dict]:
 
 
 def test_the_dashboards_exist():
-    assert {p.name for p in DASHBOARDS} == {"kiln-serving.json", "kiln-drift.json"}
+    assert {p.name for p in DASHBOARDS} == {"kiln-serving.json", "kiln-drift.json", "kiln-operator.json"}
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+# The model dashboards follow a picked model and version; the operator's follows the operator's namespace.
+MODEL_DASHBOARDS = [p for p in DASHBOARDS if p.name != "kiln-operator.json"]
+
+
+@pytest.mark.parametrize("path", MODEL_DASHBOARDS, ids=lambda p: p.stem)
 def test_dashboard_is_valid_and_every_panel_queries_prometheus(path):
     d = load(path)
+    variables = _valid(path, d)
+    assert {"datasource", "namespace", "model", "version"} <= variables
+    for p in panels(d):
+        for t in p["targets"]:
+            expr = t["expr"]
+            # Every panel follows the dashboard's selectors, so a model and version can be picked.
+            for var in ("$namespace", "$model", "$version"):
+                assert var in expr, f"{p['title']}: {expr!r} ignores {var}"
+
+
+def _valid(path, d: dict) -> set[str]:
+    """Checks what every Kiln dashboard must be; returns its variables' names."""
     assert d["uid"] == path.stem and d["title"].startswith("Kiln / ") and d["schemaVersion"] >= 36
     ids = [p["id"] for p in panels(d)]
     assert len(ids) == len(set(ids)) and ids
     variables = {v["name"] for v in d["templating"]["list"]}
-    assert {"datasource", "namespace", "model", "version"} <= variables
     for p in panels(d):
         assert p["title"] and p["description"], p["id"]
         assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
@@ -108,12 +123,28 @@ def test_dashboard_is_valid_and_every_panel_queries_prometheus(path):
         for t in p["targets"]:
             expr = t["expr"]
             assert METRIC_RE.search(expr), f"{p['title']}: {expr!r} queries no kiln_ metric"
-            # Every panel follows the dashboard's selectors, so a model and version can be picked.
-            for var in ("$namespace", "$model", "$version"):
-                assert var in expr, f"{p['title']}: {expr!r} ignores {var}"
             for used in re.findall(r"\$(\w+)", expr):
                 assert used in variables or used.startswith("__"), f"{p['title']}: undefined ${used}"
             assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+    return variables
+
+
+def test_the_operator_dashboard_shows_what_the_operator_exports():
+    """Issue 15: reconciles by kind and result, their duration, errors, API requests, objects by kind and
+    Ready, and the age of the oldest pending change, each from the operator's own metrics."""
+    path = CHART / "dashboards/kiln-operator.json"
+    d = load(path)
+    assert _valid(path, d) == {"datasource", "namespace"}
+    # One board per operator: every query follows the picked operator's namespace.
+    for p in panels(d):
+        assert all('namespace=~"$namespace"' in t["expr"] for t in p["targets"]), p["title"]
+    used = {m for p in panels(d) for t in p["targets"] for m in METRIC_RE.findall(t["expr"])}
+    exported = {m for m in queryable(documented()) if m.startswith("kiln_operator_")}
+    assert {m.removesuffix("_bucket") for m in used} <= exported | {"kiln_operator_reconcile_duration_seconds"}
+    for metric in ("kiln_operator_reconciles_total", "kiln_operator_reconcile_duration_seconds_bucket",
+                   "kiln_operator_api_requests_total", "kiln_operator_objects", "kiln_operator_queue_depth",
+                   "kiln_operator_oldest_pending_seconds", "kiln_operator_events_total"):
+        assert metric in used, f"no panel shows {metric}"
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
