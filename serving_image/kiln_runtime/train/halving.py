@@ -42,19 +42,27 @@ def run(cfg: Config) -> dict:
     planned = search.planned_trials(pipeline)
     candidates = [search.trial_params(pipeline, i) for i in range(planned)]
     prep = trial.prepared_or_recorded(cfg, range(planned))
-    record = _previous(cfg) or _search(cfg, prep, candidates)
-    kio.write_json(record_uri(cfg), record)
+    # One listing of trials/ tells a retried pod what an earlier attempt stored: the search is
+    # deterministic, so its record is reused and only the finalists still missing train.
+    done = kio.keys_below(f"{cfg.output}/trials/")
+    record = _previous(cfg)
+    searched = record is None
+    if searched:
+        record = _search(cfg, prep, candidates)
+        kio.write_json(record_uri(cfg), record)
     tally = Tally(assigned=planned)
     for entry in record["candidates"]:
         if entry["stoppedIn"] is not None and entry.get("stopped"):
-            kio.write_json(f"{trial.trial_prefix(cfg.output, entry['trial'])}/stopped.json", entry["stopped"])
+            if searched:
+                kio.write_json(f"{trial.trial_prefix(cfg.output, entry['trial'])}/stopped.json", entry["stopped"])
             tally.stopped += 1
         elif entry["stoppedIn"] is not None:
-            trial.record_error(cfg.output, entry["trial"], "FitFailed", entry["error"])
+            if searched:
+                trial.record_error(cfg.output, entry["trial"], "FitFailed", entry["error"])
             tally.failure(entry["trial"], "FitFailed", entry["error"])
     for entry in record["candidates"]:
         if entry["stoppedIn"] is None:
-            _finalist(cfg, prep, entry, tally)
+            _finalist(cfg, prep, entry, tally, f"{entry['trial']}/result.json" in done)
     rounds = [{k: r[k] for k in ("round", "resources", "candidates", "kept")} for r in record["rounds"]]
     head = (f"successive halving: {planned} candidate(s), {len(rounds)} round(s), "
             f"{sum(e['stoppedIn'] is None for e in record['candidates'])} trained on the whole budget")
@@ -67,10 +75,9 @@ def run(cfg: Config) -> dict:
     return {"result": "Succeeded", **summary}
 
 
-def _finalist(cfg: Config, prep: Prepared, entry: dict, tally: Tally) -> None:
-    prefix = trial.trial_prefix(cfg.output, entry["trial"])
-    if kio.exists(f"{prefix}/result.json"):  # a retried pod: this finalist already trained
-        tally.success(kio.read_json(f"{prefix}/result.json"), reused=True)
+def _finalist(cfg: Config, prep: Prepared, entry: dict, tally: Tally, trained: bool) -> None:
+    if trained:  # a retried pod: this finalist already trained
+        tally.success(kio.read_json(f"{trial.trial_prefix(cfg.output, entry['trial'])}/result.json"), reused=True)
         return
     try:
         tally.success(trial.complete(cfg, prep, entry["trial"], entry["finalParams"]))
@@ -81,8 +88,7 @@ def _finalist(cfg: Config, prep: Prepared, entry: dict, tally: Tally) -> None:
 
 
 def _previous(cfg: Config) -> dict | None:
-    """The record of an earlier attempt of this run: the search is deterministic, so a retried pod
-    trains only the finalists still missing."""
+    """The record of an earlier attempt of this run, if one finished its search."""
     uri = record_uri(cfg)
     return kio.read_json(uri) if kio.exists(uri) else None
 

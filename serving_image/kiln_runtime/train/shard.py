@@ -82,12 +82,6 @@ class Tally:
         return text
 
 
-def stored(cfg: Config) -> set[str]:
-    """Keys ("<i>/result.json", "<i>/error.json", ...) already under the run's trials/: one listing
-    instead of a request per trial."""
-    return kio.keys_below(f"{cfg.output}/trials/")
-
-
 def run(cfg: Config, shard: int, shards: int) -> dict:
     if shards < 1 or not 0 <= shard < shards:
         raise InvalidSpec(f"shard {shard} of {shards}: the index must be within 0..shards-1")
@@ -128,7 +122,8 @@ def run(cfg: Config, shard: int, shards: int) -> dict:
 
 def _to_train(cfg: Config, mine: range, tally: Tally) -> list[int]:
     """The shard's trials a previous attempt did not finish; finished ones are counted in `tally`."""
-    done = stored(cfg)
+    # Keys ("<i>/result.json", "<i>/error.json", ...) already stored: one listing, not a request per trial.
+    done = kio.keys_below(f"{cfg.output}/trials/")
     todo = []
     for index in mine:
         if f"{index}/result.json" in done:

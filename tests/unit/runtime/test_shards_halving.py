@@ -125,8 +125,11 @@ def test_halving_stops_candidates_by_rounds_and_selection_sees_only_the_finalist
     sel = run_cli("select", cfg).summary
     assert sel["trials"] == {"planned": 18, "succeeded": 2, "failed": 0, "stopped": 16}
     assert sel["bestTrial"] in finalists and sel["modelVersion"]["params"]["n_estimators"] == 45
-    again = run_cli("trial", cfg, "--shards", "1", index=0).summary  # a retried pod reuses the record
+    # A retried pod reuses the record and the finalists' results, and rewrites none of the records.
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*.json")}
+    again = run_cli("trial", cfg, "--shards", "1", index=0).summary
     assert again["trials"]["reused"] == 2 and again["rounds"] == s["rounds"]
+    assert {p: p.stat().st_mtime_ns for p in written} == written
 
 
 @pytest.mark.parametrize("halving,field", [
