@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo venv crds docs lock test test-unit build cluster-up cluster-down cluster-purge images
+.PHONY: help demo venv crds docs lock test test-unit build cluster-up cluster-down cluster-purge argocd-up argocd-down images
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -46,6 +46,12 @@ cluster-down: ## Stop the local cluster, leaving nothing running (state kept for
 
 cluster-purge: ## Stop the local cluster and delete its state (PKI, etcd data)
 	KILN_PURGE=1 bash hack/cluster-down.sh
+
+argocd-up: ## Run Argo CD (built from its Go module, ~6 min cold) as pods in the local cluster, namespace argocd
+	bash hack/argocd-up.sh
+
+argocd-down: ## Remove Argo CD from the local cluster (namespace argocd, its CRDs and cluster RBAC)
+	bash hack/argocd-down.sh
 
 images: ## Build the runtime and operator images with buildah and import them into the node (root)
 	bash hack/build-images.sh runtime operator

@@ -6,8 +6,8 @@
 # charts/kiln/Chart.yaml's appVersion; the local cluster's own (pause, coredns, metrics-server, base) are
 # docker.io/kiln/NAME:dev. Each is also kept as a docker-archive tar, $KILN_CACHE/images/NAME-HASH.tar,
 # which docs/helm.md shows how to push to a registry. Every image is keyed by a hash of its inputs, so a
-# warm run only compares hashes.
-#   build-images.sh [pause|coredns|metrics-server|base|runtime|operator|all]...   (default: all)
+# warm run only compares hashes. Argo CD (argocd) is built only when named: it is not in `all`.
+#   build-images.sh [pause|coredns|metrics-server|base|runtime|operator|argocd|all]...   (default: all)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 IMAGES=$KILN_CACHE/images
@@ -129,12 +129,13 @@ img_addon() {
   import "$name" "$h"
 }
 
-# The Debian base for the Python images: debootstrap minbase plus python3 and python3-venv (the
-# public python:3.11-slim-bookworm cannot be pulled here). Stored in buildah's storage as
-# localhost/kiln/debian-base:HASH.
+# debian_base [PACKAGES]: a Debian base, debootstrap minbase plus PACKAGES (comma-separated; by
+# default python3 and python3-venv, the base of the Python images: the public
+# python:3.11-slim-bookworm cannot be pulled here). Stored in buildah's storage as
+# localhost/kiln/debian-base:HASH, HASH keyed by the package list; sets BASE_REF.
 debian_base() {
-  local h mirror dir
-  h=$(printf 'bookworm minbase python3,python3-venv v1' | sha256sum | cut -c1-16)
+  local pkgs=${1:-python3,python3-venv} h mirror dir
+  h=$(printf 'bookworm minbase %s v1' "$pkgs" | sha256sum | cut -c1-16)
   BASE_REF=localhost/kiln/debian-base:$h
   "${BUILDAH[@]}" inspect --type image "$BASE_REF" >/dev/null 2>&1 && return 0
   command -v debootstrap >/dev/null || die "debootstrap is missing: run hack/install-deps.sh"
@@ -143,8 +144,8 @@ debian_base() {
   mirror=${mirror:-http://deb.debian.org/debian}
   dir=$KILN_CACHE/debootstrap-$h
   rm -rf "$dir"
-  log "debian base: debootstrap bookworm (minbase + python3) from $mirror (about a minute)..."
-  timeout 900 debootstrap --variant=minbase --include=python3,python3-venv bookworm "$dir" "$mirror" \
+  log "debian base: debootstrap bookworm (minbase + ${pkgs//,/ }) from $mirror (about a minute)..."
+  timeout 900 debootstrap --variant=minbase --include="$pkgs" bookworm "$dir" "$mirror" \
     >"$IMAGES/debian-base.log" 2>&1 || { tail -n 20 "$IMAGES/debian-base.log" >&2; die "debootstrap failed"; }
   rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
   local c; c=$("${BUILDAH[@]}" from scratch)
@@ -206,6 +207,28 @@ py_image() {
   import "$name" "$h"
 }
 
+# argocd: Argo CD, every component (hack/build-argocd.sh: one binary dispatching on argv[0]), laid
+# out as Argo CD's own image, on a Debian base with what its components run: git, ssh and gpg for the
+# repo-server, tini as PID 1, and redis-server so that the same image runs Argo CD's Redis. Keyed by
+# the Argo CD release, the Dockerfile and that base. Not in `all`: cached, it costs half a second, but
+# cold it is a 10-minute Go build and a second debootstrap that no other image needs.
+ARGOCD_BASE_PKGS=ca-certificates,git,openssh-client,gpg,gpg-agent,tzdata,connect-proxy,tini,redis-server
+img_argocd() {
+  local bin ver h ctx
+  bin=$(bash "$KILN_ROOT/hack/build-argocd.sh")
+  ver=${bin%/bin/argocd}; ver=${ver##*/argocd-v}
+  debian_base "$ARGOCD_BASE_PKGS"
+  h=$( { hash_of hack/images/argocd.Dockerfile; echo "$BASE_REF argocd-v$ver $(ref_of argocd)"; } \
+    | sha256sum | cut -c1-16)
+  if [ ! -f "$IMAGES/argocd-$h.tar" ]; then
+    # The context: the binary and Argo CD's helper scripts that build-argocd.sh keeps beside it.
+    ctx=$(mktemp -d); cp "${bin%/argocd}"/* "$ctx/"
+    build argocd "$h" "$ctx" "$KILN_ROOT/hack/images/argocd.Dockerfile" --build-arg "BASE=$BASE_REF"
+    rm -rf "$ctx"
+  fi
+  import argocd "$h"
+}
+
 targets=${*:-all}
 [ "$targets" = all ] && targets="pause coredns metrics-server base runtime operator"
 for t in $targets; do
@@ -216,6 +239,7 @@ for t in $targets; do
     base) img_base ;;
     runtime) py_image runtime serving_image/Dockerfile ;;
     operator) py_image operator operator/Dockerfile ;;
-    *) die "unknown image '$t' (pause, coredns, metrics-server, base, runtime, operator, all)" ;;
+    argocd) img_argocd ;;
+    *) die "unknown image '$t' (pause, coredns, metrics-server, base, runtime, operator, argocd, all)" ;;
   esac
 done

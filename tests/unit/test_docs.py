@@ -52,3 +52,10 @@ def test_relative_links_resolve(page):
         if re.match(r"[a-z]+://", target) or target.startswith("#"):
             continue
         assert (page.parent / target.split("#")[0]).exists(), f"{page.name} links to missing {target}"
+
+
+def test_the_argocd_page_shows_the_application_the_e2e_test_applies():
+    import yaml
+    page = (ROOT / "docs/argocd.md").read_text()
+    shown = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", page, re.S) if "kind: Application\n" in b]
+    assert shown == [yaml.safe_load((ROOT / "examples/gitops/application.yaml").read_text())]
