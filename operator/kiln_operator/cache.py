@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from .api.kinds import KINDS
 from .builders.meta import LABEL_KIND, LABEL_OWNER
+from .validation import Parsed, usable
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 KILN_KINDS = tuple(k.kind for k in KINDS)
@@ -97,6 +98,7 @@ class Cache:
         self._moved: set[Key] = set()  # keys whose last put changed something significant
         # Namespaces being deleted, and since when: what was created before is going and is not kept.
         self._terminating: dict[str, str] = {}
+        self._parsed: dict[Key, tuple[dict[str, Any], Parsed | None]] = {}
 
     def put(self, obj: dict[str, Any]) -> None:
         """Stores an object unless the cache already holds a newer version of it, and notes whether it
@@ -141,6 +143,7 @@ class Cache:
 
     def _forget(self, key: Key, old: dict[str, Any]) -> None:
         self._objects.pop(key, None)
+        self._parsed.pop(key, None)
         self._by_namespace[(key[0], key[1])].pop(key[2], None)
         owner = owner_of(old)
         if owner:
@@ -185,6 +188,27 @@ class Cache:
     def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._by_namespace.get((kind, namespace), {}).values())
+
+    def parsed(self, kind: str, namespace: str) -> list[Parsed]:
+        """The Kiln objects of a kind in a namespace with their spec parsed; one whose spec does not
+        validate is left out, as no plan can use it."""
+        return [p for p in map(self._usable, self.list(kind, namespace)) if p is not None]
+
+    def parsed_get(self, kind: str, namespace: str, name: str) -> Parsed | None:
+        obj = self.get(kind, namespace, name)
+        return self._usable(obj) if obj is not None else None
+
+    def _usable(self, obj: dict[str, Any]) -> Parsed | None:
+        """Parses each version of an object once: every reconcile reads many of them."""
+        key = key_of(obj)
+        with self._lock:
+            memo = self._parsed.get(key)
+        if memo is None or memo[0] is not obj:  # a put since replaced the object
+            memo = (obj, usable(obj))
+            with self._lock:
+                if self._objects.get(key) is obj:
+                    self._parsed[key] = memo
+        return memo[1]
 
     def children(self, owner: dict[str, Any], kind: str) -> list[dict[str, Any]]:
         """The `kind` children of a Kiln object (by label), owned by this very object (by uid)."""

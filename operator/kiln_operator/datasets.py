@@ -16,6 +16,7 @@ import hashlib
 from typing import Any
 
 from .builders import training
+from .builders.training import Dataset
 from .config import OperatorConfig
 from .jobs import JobView
 from .plan import Plan
@@ -23,14 +24,14 @@ from .plan import Plan
 REFRESH_ANNOTATION = "kiln.dev/refresh"
 
 
-def refresh_request(dataset: dict[str, Any]) -> str:
-    return (dataset["metadata"].get("annotations") or {}).get(REFRESH_ANNOTATION, "")
+def refresh_request(dataset: Dataset) -> str:
+    return (dataset.body["metadata"].get("annotations") or {}).get(REFRESH_ANNOTATION, "")
 
 
-def validation_token(dataset: dict[str, Any], fingerprint: str | None = None) -> str:
+def validation_token(dataset: Dataset, fingerprint: str | None = None) -> str:
     """Names the validation of this spec, refresh request and source listing: any of them changing
     makes a new Job; none changing finds the Job already made."""
-    meta = dataset["metadata"]
+    meta = dataset.body["metadata"]
     refresh = refresh_request(dataset)
     token = f"g{meta.get('generation', 1)}"
     if refresh:
@@ -40,11 +41,11 @@ def validation_token(dataset: dict[str, Any], fingerprint: str | None = None) ->
     return token
 
 
-def kept_versions(dataset: dict[str, Any], trained_on: set[str]) -> list[dict[str, Any]]:
+def kept_versions(dataset: Dataset, trained_on: set[str]) -> list[dict[str, Any]]:
     """The status.versions entries to keep: the newest `retention.versions`, and every version a
     ModelVersion was trained on (its lineage must stay reproducible while it exists)."""
-    versions = (dataset.get("status") or {}).get("versions") or []
-    limit = ((dataset["spec"].get("retention") or {}).get("versions")) or 10
+    versions = dataset.status.get("versions") or []
+    limit = dataset.spec.retention.versions
     newest = {v["version"] for v in versions[-limit:]}
     return [v for v in versions if v["version"] in newest or v["version"] in trained_on]
 
@@ -57,17 +58,16 @@ def _with_version(versions: list[dict[str, Any]], entry: dict[str, Any]) -> list
     return [v for v in versions if v["version"] != entry["version"]] + [entry]
 
 
-def output_prefix(dataset: dict[str, Any], cfg: OperatorConfig) -> str:
-    meta = dataset["metadata"]
-    return f"{cfg.artifact_root}/datasets/{meta['namespace']}/{meta['name']}"
+def output_prefix(dataset: Dataset, cfg: OperatorConfig) -> str:
+    return f"{cfg.artifact_root}/datasets/{dataset.namespace}/{dataset.name}"
 
 
-def plan(dataset: dict[str, Any], job: JobView, cfg: OperatorConfig, now: str,
+def plan(dataset: Dataset, job: JobView, cfg: OperatorConfig, now: str,
          fingerprint: str | None = None, trained_on: frozenset[str] = frozenset()) -> Plan:
     """`fingerprint`: the source's newest listing (None when the source is not checked);
     `trained_on`: the versions ModelVersions of this Dataset were trained on."""
     out = Plan()
-    status = dataset.get("status") or {}
+    status = dataset.status
     token = validation_token(dataset, fingerprint)
     name = training.validation_job_name(dataset, token)
     out.status["validationJob"] = name

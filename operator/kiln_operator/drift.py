@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .api import InferenceServiceSpec
+from .api.inference import Drift, Quality
+from .validation import Parsed
+
 # How often the reports are read: windows fill over minutes. The operator wakes each serving service
 # up this often for it (reconcilers.watch_drift).
 READ_EVERY_SECONDS = 15
@@ -78,10 +82,10 @@ def unchanged_since(previous: dict[str, Any], new: dict[str, Any], now: str) -> 
     return {**new, "observedAt": now}
 
 
-def plan(isvc: dict[str, Any], verdict: Verdict | None, now: str) -> Outcome:
+def plan(isvc: Parsed[InferenceServiceSpec], verdict: Verdict | None, now: str) -> Outcome:
     out = Outcome()
-    spec = isvc["spec"].get("monitoring", {}).get("drift", {})
-    previous = (isvc.get("status") or {}).get("drift") or {}
+    spec = isvc.spec.monitoring.drift
+    previous = isvc.status.get("drift") or {}
     if verdict is None:
         out.status["drift"] = unchanged_since(previous, previous, now)
         out.conditions.append(("DriftDetected", "Unknown", "NoReport",
@@ -106,16 +110,16 @@ def plan(isvc: dict[str, Any], verdict: Verdict | None, now: str) -> Outcome:
     return out
 
 
-def ask_for_run(out: Outcome, spec: dict[str, Any], previous: dict[str, Any], recorded: dict[str, Any],
+def ask_for_run(out: Outcome, spec: Drift | Quality, previous: dict[str, Any], recorded: dict[str, Any],
                 trigger: str, message: str, now: str) -> None:
     """With `action: retrain`, asks spec.pipelineRef for a run at most once per `cooldownSeconds` (since
     previous.lastRetrainRequest), and records when in `recorded`: a lasting problem is no storm of runs."""
-    if spec.get("action") != "retrain" or not spec.get("pipelineRef"):
+    if spec.action != "retrain" or not spec.pipeline_ref:
         return
     last = previous.get("lastRetrainRequest")
-    if last and seconds_between(last, now) < spec.get("cooldownSeconds", 3600):
+    if last and seconds_between(last, now) < spec.cooldown_seconds:
         return
     out.request_run = f"{trigger}-{now}"
     recorded["lastRetrainRequest"] = now
-    out.events.append(("Normal", "RetrainRequested", f"asked TrainingPipeline {spec['pipelineRef']['name']!r} "
+    out.events.append(("Normal", "RetrainRequested", f"asked TrainingPipeline {spec.pipeline_ref.name!r} "
                                                      f"for a run: {message}"))

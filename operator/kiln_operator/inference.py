@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import registry
+from .api.inference import Canary, ModelSelector
 from .builders import serving
 from .builders.meta import LABEL_ROLE, LABEL_VERSION
-from .builders.serving import ROUTE_API_VERSION
+from .builders.serving import ROUTE_API_VERSION, Isvc, Mv
 from .config import OperatorConfig
 from .plan import Plan
 
@@ -32,7 +33,7 @@ FATAL_WAITING = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "Create
 
 @dataclass
 class Observed:
-    model_versions: list[dict[str, Any]]
+    model_versions: list[Mv]  # those whose spec validates
     deployments: dict[str, dict[str, Any]]  # role -> Deployment
     pods: list[dict[str, Any]]
     # (5xx answers, all answers) of the primary pods of versions not yet serving (rollout_metrics).
@@ -53,26 +54,26 @@ class Unresolved(Exception):
     """The spec points at no usable ModelVersion; the message names what is missing."""
 
 
-def resolve(selector: dict[str, Any], model_name: str | None, mvs: list[dict[str, Any]]) -> dict[str, Any]:
-    if selector.get("versionRef"):
-        name = selector["versionRef"]["name"]
-        found = next((m for m in mvs if m["metadata"]["name"] == name), None)
+def resolve(selector: ModelSelector | Canary, model: str | None, mvs: list[Mv]) -> Mv:
+    """`model`: whose version in `selector.stage` is meant (a canary's is the primary's model)."""
+    if selector.version_ref:
+        name = selector.version_ref.name
+        found = next((m for m in mvs if m.name == name), None)
         if found is None:
             raise Unresolved(f"ModelVersion {name!r} does not exist")
         return found
-    stage = selector["stage"]
-    model = selector.get("modelName") or model_name
-    staged = [m for m in mvs if m["spec"].get("modelName") == model and m["spec"].get("stage") == stage]
+    stage = selector.stage
+    staged = [m for m in mvs if m.spec.model_name == model and m.spec.stage == stage]
     if not staged:
         raise Unresolved(f"no ModelVersion of model {model!r} is in stage {stage}")
     # Promotion leaves at most one version per stage; should two briefly coexist, the newest wins.
-    return max(staged, key=lambda m: m["spec"]["version"])
+    return max(staged, key=lambda m: m.spec.version)
 
 
-def unverified_reason(mv: dict[str, Any]) -> tuple[str, str]:
+def unverified_reason(mv: Mv) -> tuple[str, str]:
     """(reason, message) for a version that may not be rolled out yet: still verifying, or failed."""
-    name = mv["metadata"]["name"]
-    check = next((c for c in (mv.get("status") or {}).get("conditions") or [] if c.get("type") == "Verified"), {})
+    name = mv.name
+    check = next((c for c in mv.status.get("conditions") or [] if c.get("type") == "Verified"), {})
     if check.get("status") == "False":
         return "VersionNotVerified", (f"{name} failed verification ({check.get('reason')}: {check.get('message')}); "
                                       "it is never rolled out (spec.allowUnverified opts in)")
@@ -125,21 +126,21 @@ def error_rate_failure(answers: tuple[float, float], max_error_rate: float) -> s
     return None
 
 
-def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
-    spec, status = isvc["spec"], isvc.get("status") or {}
+def plan(isvc: Isvc, observed: Observed, cfg: OperatorConfig) -> Plan:
+    spec, status = isvc.spec, isvc.status
     out = Plan()
     serving_name = status.get("modelVersion")
     rolled_back = status.get("rolledBackVersion")
-    by_name = {m["metadata"]["name"]: m for m in observed.model_versions}
+    by_name = {m.name: m for m in observed.model_versions}
 
     try:
-        target = resolve(spec["model"], None, observed.model_versions)
+        target = resolve(spec.model, spec.model.model_name, observed.model_versions)
     except Unresolved as exc:
         out.conditions.append(("Ready", "False", "ModelVersionNotFound", str(exc)))
         out.events.append(("Warning", "ModelVersionNotFound", str(exc)))
         return out
-    target_name = target["metadata"]["name"]
-    allow_unverified = spec.get("allowUnverified", False)
+    target_name = target.name
+    allow_unverified = spec.allow_unverified
     if target_name != serving_name and not allow_unverified and not registry.verified(target):
         reason, message = unverified_reason(target)
         if serving_name not in by_name:
@@ -153,13 +154,13 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
     deployed = version_of(primary_dep)
     # Stay on the serving version while the target is the one that was rolled back.
     desired = by_name.get(serving_name, target) if target_name == rolled_back else target
-    desired_name = desired["metadata"]["name"]
+    desired_name = desired.name
 
     if desired_name != serving_name and deployed == desired_name:
-        rollout = spec.get("rollout", {})
+        rollout = spec.rollout
         failure = (rollout_failure(primary_dep, observed.pods, desired_name)
-                   or error_rate_failure(observed.answers.get(desired_name, (0, 0)), rollout.get("maxErrorRate", 0.05)))
-        if failure and rollout.get("autoRollback", True) and serving_name in by_name:
+                   or error_rate_failure(observed.answers.get(desired_name, (0, 0)), rollout.max_error_rate))
+        if failure and rollout.auto_rollback and serving_name in by_name:
             message = f"rolled back {desired_name} to {serving_name}: {failure}"
             out.events.append(("Warning", "RolledBack", message))
             out.conditions.append(("RolledBack", "True", "RolloutFailed", message))
@@ -177,28 +178,28 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
         out.status["rolledBackVersion"] = None
         out.conditions.append(("RolledBack", "False", "NewTarget", f"now targeting {target_name}"))
 
-    scaling = spec.get("autoscaling", {})
-    canary_spec = spec.get("canary")
+    scaling = spec.autoscaling
+    canary_spec = spec.canary
     canary = None
-    if canary_spec and canary_spec.get("trafficPercent", 0) > 0:
+    if canary_spec and canary_spec.traffic_percent > 0:
         try:
-            canary = resolve(canary_spec, target["spec"]["modelName"], observed.model_versions)
+            canary = resolve(canary_spec, target.spec.model_name, observed.model_versions)
         except Unresolved as exc:
             out.conditions.append(("Ready", "False", "CanaryNotFound", str(exc)))
             out.events.append(("Warning", "CanaryNotFound", str(exc)))
             return out
-        if not allow_unverified and not registry.verified(canary) and canary["metadata"]["name"] != status.get("canaryVersion"):
+        if not allow_unverified and not registry.verified(canary) and canary.name != status.get("canaryVersion"):
             reason, message = unverified_reason(canary)
             out.conditions.append(("Progressing", "False", reason, f"canary: {message}"))
             canary = by_name.get(status.get("canaryVersion") or "")
-    percent = canary_spec.get("trafficPercent", 0) if canary else 0
-    routed = bool(spec.get("gateway")) and observed.route_api
+    percent = canary_spec.traffic_percent if canary else 0
+    routed = spec.gateway is not None and observed.route_api
     if routed:
         # The route's weights set the share: each role only needs enough replicas for its own load.
-        primary_min, canary_min = scaling.get("minReplicas", 1), 1
+        primary_min, canary_min = scaling.min_replicas, 1
     else:
-        primary_min, canary_min = serving.split_replicas(scaling.get("minReplicas", 1), percent)
-    max_replicas = scaling.get("maxReplicas", 3)
+        primary_min, canary_min = serving.split_replicas(scaling.min_replicas, percent)
+    max_replicas = scaling.max_replicas
 
     out.apply.append(serving.deployment(isvc, desired, "primary", cfg))
     out.apply.append(serving.hpa(isvc, "primary", max(primary_min, 1), max_replicas))
@@ -218,7 +219,7 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
     rolling = desired_name != serving_name
     if serving_name and ready_pods > 0:
         out.conditions.append(("Ready", "True", "Serving", f"serving {serving_name}"
-                               + (f", canary {canary['metadata']['name']} at {percent}%" if canary else "")))
+                               + (f", canary {canary.name} at {percent}%" if canary else "")))
     elif serving_name:
         out.conditions.append(("Ready", "False", "NoReadyReplicas", f"{serving_name} has no ready replica"))
     else:
@@ -230,7 +231,7 @@ def plan(isvc: dict[str, Any], observed: Observed, cfg: OperatorConfig) -> Plan:
     return out
 
 
-def _route(out: Plan, isvc: dict[str, Any], observed: Observed, weights: dict[str, int] | None) -> None:
+def _route(out: Plan, isvc: Isvc, observed: Observed, weights: dict[str, int] | None) -> None:
     """The HTTPRoute and the role Services it weighs when `weights` are given; otherwise removes the
     ones a former route left, and says why a wanted route is not there."""
     name = serving.service_name(isvc)
@@ -240,12 +241,12 @@ def _route(out: Plan, isvc: dict[str, Any], observed: Observed, weights: dict[st
         out.apply.append(serving.http_route(isvc, weights))
         shares = ", ".join(f"{role} {weight}%" for role, weight in weights.items())
         out.conditions.append(("Routed", "True", "HTTPRoute", f"HTTPRoute {name} weighs {shares}"))
-    elif isvc["spec"].get("gateway"):
+    elif isvc.spec.gateway:
         message = (f"spec.gateway is set but the cluster serves no {ROUTE_API_VERSION} HTTPRoute "
                    "(install the Gateway API CRDs): the canary's share is set by the replica ratio")
         out.conditions.append(("Routed", "False", "GatewayAPIMissing", message))
         out.events.append(("Warning", "GatewayAPIMissing", message))
-    elif any(c.get("type") == "Routed" for c in (isvc.get("status") or {}).get("conditions") or []):
+    elif any(c.get("type") == "Routed" for c in isvc.status.get("conditions") or []):
         # Only a service that was routed before says so: the others never had this condition.
         out.conditions.append(("Routed", "False", "NoGateway",
                                "spec.gateway is not set: the canary's share is set by the replica ratio"))
@@ -265,8 +266,8 @@ def _serving_ready(pod: dict[str, Any], role: str) -> bool:
     return meta.get("labels", {}).get(LABEL_ROLE) == role and not meta.get("deletionTimestamp") and pod_ready(pod)
 
 
-def _observed_status(isvc: dict[str, Any], observed: Observed, serving_name: str | None,
-                     canary: dict[str, Any] | None, weights: dict[str, int] | None) -> dict[str, Any]:
+def _observed_status(isvc: Isvc, observed: Observed, serving_name: str | None,
+                     canary: Mv | None, weights: dict[str, int] | None) -> dict[str, Any]:
     if observed.pods_complete:
         ready = {role: sum(1 for p in observed.pods if _serving_ready(p, role)) for role in ROLES}
     else:
@@ -283,10 +284,10 @@ def _observed_status(isvc: dict[str, Any], observed: Observed, serving_name: str
             primary_share = 100 if not canary else round(100 * ready["primary"] / max(total_ready, 1))
         traffic.append({"version": serving_name, "percent": primary_share})
         if canary:
-            traffic.append({"version": canary["metadata"]["name"], "percent": 100 - primary_share})
+            traffic.append({"version": canary.name, "percent": 100 - primary_share})
     return {
         "url": serving.service_url(isvc),
-        "canaryVersion": canary["metadata"]["name"] if canary else None,
+        "canaryVersion": canary.name if canary else None,
         "traffic": traffic,
         "replicas": sum(replicas.values()),
         "readyReplicas": total_ready,

@@ -25,6 +25,7 @@ from croniter import croniter
 
 from .builders import training
 from .builders.meta import ANNOTATION_RUN_REQUEST
+from .builders.training import Dataset, Mv, Pipeline
 from .config import OperatorConfig
 from .jobs import JobView, TrialTotals, trial_totals
 from .plan import Plan
@@ -37,19 +38,19 @@ MAX_TRIAL_EVENTS = 5  # TrialFailed Events per reconcile: a run of many bad tria
 
 @dataclass
 class Observed:
-    dataset: dict[str, Any] | None
+    dataset: Dataset | None  # None too when its spec does not validate: no run can use it
     jobs: dict[str, JobView]  # by Job name
-    production: dict[str, Any] | None  # the model's current Production ModelVersion
-    champion: dict[str, Any] | None = None  # the ModelVersion now serving the model: the one to beat
+    production: Mv | None  # the model's current Production ModelVersion
+    champion: Mv | None = None  # the ModelVersion now serving the model: the one to beat
 
 
 # Runs asked for because production went wrong: they must see the newest data first.
 FRESH_DATA_TRIGGERS = ("drift", "quality")
 
 
-def run_request(pipeline: dict[str, Any]) -> str | None:
+def run_request(pipeline: Pipeline) -> str | None:
     """The `kiln.dev/run-requested` value: how drift, quality and people ask for a run."""
-    return (pipeline["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
+    return (pipeline.body["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_REQUEST)
 
 
 def _parse_time(value: str) -> datetime:
@@ -61,36 +62,34 @@ def next_schedule(schedule: str, after: str) -> str:
     return nxt.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def output_prefix(pipeline: dict[str, Any], run_id: str, cfg: OperatorConfig) -> str:
-    meta = pipeline["metadata"]
-    return f"{cfg.artifact_root}/runs/{meta['namespace']}/{meta['name']}/{run_id}"
+def output_prefix(pipeline: Pipeline, run_id: str, cfg: OperatorConfig) -> str:
+    return f"{cfg.artifact_root}/runs/{pipeline.namespace}/{pipeline.name}/{run_id}"
 
 
-def _trigger(pipeline: dict[str, Any], dataset: dict[str, Any], now: str) -> str | None:
-    spec, status = pipeline["spec"], pipeline.get("status") or {}
-    meta = pipeline["metadata"]
+def _trigger(pipeline: Pipeline, dataset: Dataset, now: str) -> str | None:
+    spec, status = pipeline.spec, pipeline.status
     runs = status.get("runs") or []
     if not runs and not status.get("lastRun"):
         return "create"
-    if status.get("lastRunGeneration") not in (None, meta.get("generation")):
+    if status.get("lastRunGeneration") not in (None, pipeline.body["metadata"].get("generation")):
         return "specChange"
     request = run_request(pipeline)
     if request and request != status.get("lastRunRequest"):
-        for trigger, allowed in (("drift", "onDrift"), ("quality", "onQuality")):
+        for trigger, allowed in (("drift", spec.triggers.on_drift), ("quality", spec.triggers.on_quality)):
             if request.startswith(trigger):
-                return trigger if spec.get("triggers", {}).get(allowed, True) else None
+                return trigger if allowed else None
         return "requested"
-    version = (dataset.get("status") or {}).get("version")
-    if spec.get("triggers", {}).get("onDatasetChange") and status.get("lastDatasetVersion") not in (None, version):
+    version = dataset.status.get("version")
+    if spec.triggers.on_dataset_change and status.get("lastDatasetVersion") not in (None, version):
         return "datasetChange"
-    if spec.get("schedule") and status.get("nextRun") and status["nextRun"] <= now:
+    if spec.schedule and status.get("nextRun") and status["nextRun"] <= now:
         return "schedule"
     return None
 
 
-def version_entry(dataset: dict[str, Any], version: str | None) -> dict[str, Any] | None:
+def version_entry(dataset: Dataset, version: str | None) -> dict[str, Any] | None:
     """The Dataset's record of `version` (with its snapshot), or None when it is not kept."""
-    status = dataset.get("status") or {}
+    status = dataset.status
     for entry in status.get("versions") or []:
         if entry.get("version") == version:
             return entry
@@ -98,29 +97,29 @@ def version_entry(dataset: dict[str, Any], version: str | None) -> dict[str, Any
     return {"version": version} if version and version == status.get("version") else None
 
 
-def _version_to_train(pipeline: dict[str, Any], dataset: dict[str, Any]) -> str | None:
-    return pipeline["spec"].get("datasetVersion") or (dataset.get("status") or {}).get("version")
+def _version_to_train(pipeline: Pipeline, dataset: Dataset) -> str | None:
+    return pipeline.spec.dataset_version or dataset.status.get("version")
 
 
-def _start_run(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Observed, trigger: str,
+def _start_run(pipeline: Pipeline, dataset: Dataset, observed: Observed, trigger: str,
                now: str, cfg: OperatorConfig, out: Plan) -> dict[str, Any]:
-    status = pipeline.get("status") or {}
+    status = pipeline.status
     last = status.get("lastRun") or "r0"
     run_id = f"r{int(last.lstrip('r') or 0) + 1}"
     version = version_entry(dataset, _version_to_train(pipeline, dataset))
     config = training.run_config(pipeline, dataset, run_id, output_prefix(pipeline, run_id, cfg),
                                  observed.production, cfg, version, observed.champion)
     out.apply.append(training.trials_job(pipeline, run_id, config, cfg))
-    search = pipeline["spec"].get("search", {})
+    search = pipeline.spec.search
     trials = training.trial_count(search)
-    if search.get("strategy") == "halving":
+    if search.strategy == "halving":
         work = f"{trials} candidate(s), successive halving in 1 pod"
     else:
         work = f"{trials} trial(s) in {training.shard_count(search)} pod(s)"
-    against = f"; to beat {observed.champion['metadata']['name']}" if observed.champion else ""
+    against = f"; to beat {observed.champion.name}" if observed.champion else ""
     out.event("Normal", "RunStarted", f"run {run_id} ({trigger}): {work} on dataset version "
               f"{version['version'][:12]}{against}")
-    out.status.update(lastRun=run_id, lastRunGeneration=pipeline["metadata"].get("generation"),
+    out.status.update(lastRun=run_id, lastRunGeneration=pipeline.body["metadata"].get("generation"),
                       lastDatasetVersion=version["version"])
     request = run_request(pipeline)
     if request:
@@ -130,30 +129,29 @@ def _start_run(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Obse
             "trialsPlanned": trials, "trialsSucceeded": 0, "trialsFailed": 0, "trialsStopped": 0}
 
 
-def _fresh_data(pipeline: dict[str, Any], dataset: dict[str, Any], observed: Observed, trigger: str,
+def _fresh_data(pipeline: Pipeline, dataset: Dataset, observed: Observed, trigger: str,
                 out: Plan) -> bool:
     """For a run asked for by drift or quality: whether the Dataset has answered this request with its
     newest data and that data is new to the serving model. Asks for it (out.refresh) or skips the
     request (recording it as acted on) otherwise."""
-    if trigger not in FRESH_DATA_TRIGGERS or pipeline["spec"].get("datasetVersion"):
+    if trigger not in FRESH_DATA_TRIGGERS or pipeline.spec.dataset_version:
         return True
     request = run_request(pipeline)
-    if (dataset.get("status") or {}).get("lastRefresh") != request:
+    if dataset.status.get("lastRefresh") != request:
         out.refresh = request
         return False
-    version = (dataset.get("status") or {}).get("version")
+    version = dataset.status.get("version")
     champion = observed.champion
-    trained = ((champion or {}).get("spec") or {}).get("lineage", {}).get("datasetVersion")
-    if champion and trained == version:
+    if champion and champion.spec.lineage.dataset_version == version:
         out.event("Normal", "RunSkipped", f"a {trigger} run was requested, but the newest data (version "
-                  f"{version[:12]}) is what {champion['metadata']['name']} was trained on: retraining would "
+                  f"{version[:12]}) is what {champion.name} was trained on: retraining would "
                   "learn nothing new")
         out.status["lastRunRequest"] = request
         return False
     return True
 
 
-def _advance(pipeline: dict[str, Any], dataset: dict[str, Any], run: dict[str, Any], observed: Observed,
+def _advance(pipeline: Pipeline, dataset: Dataset, run: dict[str, Any], observed: Observed,
              now: str, cfg: OperatorConfig, out: Plan) -> dict[str, Any]:
     """Moves one active run forward by what its Jobs say; returns the updated run."""
     run = dict(run)
@@ -276,31 +274,30 @@ def _progress(run: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now: str) -> Plan:
+def plan(pipeline: Pipeline, observed: Observed, cfg: OperatorConfig, now: str) -> Plan:
     out = Plan()
-    spec, status = pipeline["spec"], pipeline.get("status") or {}
+    spec, status = pipeline.spec, pipeline.status
     runs = [dict(r) for r in status.get("runs") or []]
     dataset = observed.dataset
     if dataset is None:
-        out.condition("Ready", "False", "DatasetNotFound", f"Dataset {spec['datasetRef']['name']!r} does not exist")
+        out.condition("Ready", "False", "DatasetNotFound", f"Dataset {spec.dataset_ref.name!r} does not exist")
         return out
     dataset_ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in (dataset.get("status") or {}).get("conditions") or [])
+                        for c in dataset.status.get("conditions") or [])
 
     runs = [_advance(pipeline, dataset, r, observed, now, cfg, out) if r["phase"] in ACTIVE else r for r in runs]
     active = [r for r in runs if r["phase"] in ACTIVE + ("Registering",)]
 
     trigger = _trigger(pipeline, dataset, now) if dataset_ready else None
-    pinned = spec.get("datasetVersion")
     if trigger and version_entry(dataset, _version_to_train(pipeline, dataset)) is None:
-        kept = ", ".join(v["version"][:12] for v in (dataset.get("status") or {}).get("versions") or []) or "none"
-        out.condition("Ready", "False", "DatasetVersionNotFound", f"datasetVersion {pinned} is not a kept "
-                      f"version of Dataset {dataset['metadata']['name']!r} (kept: {kept})")
+        kept = ", ".join(v["version"][:12] for v in dataset.status.get("versions") or []) or "none"
+        out.condition("Ready", "False", "DatasetVersionNotFound", f"datasetVersion {spec.dataset_version} is not a "
+                      f"kept version of Dataset {dataset.name!r} (kept: {kept})")
         trigger = None
     if trigger and not active and not _fresh_data(pipeline, dataset, observed, trigger, out):
         trigger = None
     if trigger and active:
-        if spec.get("concurrencyPolicy", "Forbid") == "Replace":
+        if spec.concurrency_policy == "Replace":
             for run in active:
                 for step in ("trials", "select"):
                     out.delete.append(("batch/v1", "Job", training.run_job_name(pipeline, run["id"], step)))
@@ -316,10 +313,10 @@ def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now:
     if trigger:
         runs.append(_start_run(pipeline, dataset, observed, trigger, now, cfg, out))
 
-    if spec.get("schedule") and (not status.get("nextRun") or status["nextRun"] <= now):
-        out.status["nextRun"] = next_schedule(spec["schedule"], now)
+    if spec.schedule and (not status.get("nextRun") or status["nextRun"] <= now):
+        out.status["nextRun"] = next_schedule(spec.schedule, now)
 
-    limit = spec.get("runHistoryLimit", 5)
+    limit = spec.run_history_limit
     finished = [r for r in runs if r["phase"] not in ACTIVE + ("Registering",)]
     for old in finished[: max(len(finished) - limit, 0)]:
         runs.remove(old)
@@ -331,11 +328,11 @@ def plan(pipeline: dict[str, Any], observed: Observed, cfg: OperatorConfig, now:
     if any(c[0] == "Ready" for c in out.conditions):
         pass  # decided above (a pinned version that is not kept)
     elif out.refresh and not active:
-        out.condition("Ready", "False", "WaitingForData", f"asked Dataset {dataset['metadata']['name']!r} for its "
+        out.condition("Ready", "False", "WaitingForData", f"asked Dataset {dataset.name!r} for its "
                       "newest data before the requested run")
     elif not dataset_ready and not latest:
         out.condition("Ready", "False", "DatasetNotReady",
-                      f"waiting for Dataset {dataset['metadata']['name']!r} to become Ready")
+                      f"waiting for Dataset {dataset.name!r} to become Ready")
     elif latest is None:
         out.condition("Ready", "False", "NoRun", "no run yet")
     elif latest["phase"] in ACTIVE + ("Registering",):

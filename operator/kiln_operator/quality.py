@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .api import InferenceServiceSpec
 from .api.training import LOWER_IS_BETTER
 from .drift import Outcome, ask_for_run, unchanged_since
+from .validation import Parsed
 
 
 @dataclass
@@ -38,10 +40,10 @@ def from_reports(reports: list[dict[str, Any]]) -> Verdict | None:
     return Verdict(metrics, rows)
 
 
-def plan(isvc: dict[str, Any], verdict: Verdict | None, version: str, now: str) -> Outcome:
+def plan(isvc: Parsed[InferenceServiceSpec], verdict: Verdict | None, version: str, now: str) -> Outcome:
     out = Outcome()
-    floor = isvc["spec"].get("monitoring", {}).get("quality")
-    previous = (isvc.get("status") or {}).get("quality") or {}
+    floor = isvc.spec.monitoring.quality
+    previous = isvc.status.get("quality") or {}
     if verdict is None:
         if previous.get("version") != version:  # a new version starts with no labels
             out.status["quality"] = {k: v for k, v in previous.items() if k == "lastRetrainRequest"}
@@ -54,15 +56,15 @@ def plan(isvc: dict[str, Any], verdict: Verdict | None, version: str, now: str) 
     out.status["quality"] = unchanged_since(previous, current, now)
     if not floor:
         return out
-    metric = floor["metric"]
+    metric = floor.metric
     value = verdict.metrics.get(metric)
-    need = floor.get("minRows", 100)
+    need = floor.min_rows
     if value is None or verdict.rows < need:
         out.conditions.append(("QualityDegraded", "Unknown", "TooFewLabels",
                                f"{verdict.rows} labelled row(s) of {version}; the floor is judged from {need}"))
         return out
     lower = metric in LOWER_IS_BETTER
-    bound = floor.get("max") if lower else floor.get("min")
+    bound = floor.max if lower else floor.min
     measured = f"{metric} {value:.4g} on the last {verdict.rows} labelled rows of {version}"
     if bound is None or (value <= bound if lower else value >= bound):
         out.conditions.append(("QualityDegraded", "False", "QualityMet", measured))

@@ -23,6 +23,7 @@ from .conditions import now_rfc3339
 from .jobs import JobView, termination_summaries
 from .plan import Plan
 from .reconcile import decide, is_news, status_patch
+from .validation import InvalidSpec, Parsed, parse
 
 log = logging.getLogger("kiln_operator.reconcile")
 CONFIG = config.from_env()
@@ -70,18 +71,20 @@ def apply_if_changed(manifest: dict[str, Any]) -> bool:
     return True
 
 
-def _validate(kind: Kind, body: dict[str, Any]) -> bool:
-    """Writes Ready=False for a spec the operator cannot act on; returns whether the spec is usable."""
+def _validate(kind: Kind, body: dict[str, Any]) -> Parsed | None:
+    """The object with its spec parsed; None, after writing Ready=False for a spec the operator cannot
+    act on, when there is nothing to reconcile."""
     if body["metadata"].get("deletionTimestamp"):
-        return False  # going away: its children follow by ownerReference, nothing to reconcile
-    outcome = decide(kind, body)
-    if outcome.ready == "True":
-        return True
+        return None  # going away: its children follow by ownerReference, nothing to reconcile
+    try:
+        return parse(body)
+    except InvalidSpec:
+        outcome = decide(kind, body)  # words the field and the reason, as for any other outcome
     if is_news(body, outcome):
         write_status(body, status_patch(body, outcome))
         events.post(body, "Warning", outcome.reason, outcome.message)
         log.warning(f"{kind.kind} {outcome.reason}: {outcome.message}", **_ref(body))
-    return False
+    return None
 
 
 def act(body: dict[str, Any], result: Plan, always_post: tuple[str, ...] = ()) -> None:
@@ -115,29 +118,29 @@ def _owned(obj: dict[str, Any] | None, owner: dict[str, Any]) -> bool:
 ISVC = kind_by_name("InferenceService")
 
 
-def observe_inference(isvc: dict[str, Any]) -> inference.Observed:
-    ns = isvc["metadata"]["namespace"]
+def observe_inference(isvc: serving.Isvc) -> inference.Observed:
+    ns = isvc.namespace
     deployments = {}
     for role in inference.ROLES:
         dep = CACHE.get("Deployment", ns, serving.deployment_name(isvc, role))
-        if _owned(dep, isvc):
+        if _owned(dep, isvc.body):
             deployments[role] = dep
-    pods = CACHE.children(isvc, "Pod")
+    pods = CACHE.children(isvc.body, "Pod")
     # Asked even without spec.gateway: a route made before the field was removed must be found to go.
     route_api = k8s.serves(ROUTE_API_VERSION, ROUTE_PLURAL)
     route = CACHE.get("HTTPRoute", ns, serving.service_name(isvc)) if route_api else None
-    role_services = {svc["metadata"]["labels"][LABEL_ROLE] for svc in CACHE.children(isvc, "Service")
+    role_services = {svc["metadata"]["labels"][LABEL_ROLE] for svc in CACHE.children(isvc.body, "Service")
                      if LABEL_ROLE in (svc["metadata"].get("labels") or {})}
-    serving_version = (isvc.get("status") or {}).get("modelVersion")
+    serving_version = isvc.status.get("modelVersion")
     rolling = _rolling_version(deployments, serving_version)
     return inference.Observed(
-        model_versions=CACHE.list("ModelVersion", ns),
+        model_versions=CACHE.parsed("ModelVersion", ns),
         deployments=deployments,
         pods=pods,
         # Read only while a version rolls out: the pods' counters say how it answers.
         answers=rollout_metrics.answers(pods, serving_version) if rolling else {},
         route_api=route_api,
-        route=route if _owned(route, isvc) else None,
+        route=route if _owned(route, isvc.body) else None,
         role_services=role_services,
         pods_complete=True,
     )
@@ -150,11 +153,12 @@ def _rolling_version(deployments: dict[str, dict[str, Any]], serving_version: st
 
 
 def reconcile_inference(body: dict[str, Any]) -> Wakeup:
-    if not _validate(ISVC, body):
+    isvc = _validate(ISVC, body)
+    if not isvc:
         return None
-    observed = observe_inference(body)
-    result = inference.plan(body, observed, CONFIG)
-    wake = watch_drift(body, observed, result)
+    observed = observe_inference(isvc)
+    result = inference.plan(isvc, observed, CONFIG)
+    wake = watch_drift(isvc, observed, result)
     act(body, result, always_post=("RolledOut", "RolledBack", "RetrainRequested", "RetrainRequestFailed"))
     # A version rolling out whose pods answer: its error rate comes from the pods' counters, which no
     # watch reports, so look again soon. Pods that do not answer yet change through watch events.
@@ -185,40 +189,38 @@ class Cadence:
 _drift_read = Cadence()
 
 
-def watch_drift(isvc: dict[str, Any], observed: inference.Observed, result: Plan) -> Wakeup:
+def watch_drift(isvc: serving.Isvc, observed: inference.Observed, result: Plan) -> Wakeup:
     """Reads the serving version's drift and live quality every READ_EVERY_SECONDS, and asks the
     pipeline for a run when told to; returns when to read again."""
-    spec = isvc["spec"]
-    drift_spec = spec.get("monitoring", {}).get("drift", {})
-    watch_quality = spec.get("feedback") is not None
-    serving_version = result.status.get("modelVersion") or (isvc.get("status") or {}).get("modelVersion")
-    if not (drift_spec.get("enabled", True) or watch_quality) or not serving_version:
+    drift_spec, floor = isvc.spec.monitoring.drift, isvc.spec.monitoring.quality
+    watch_quality = isvc.spec.feedback is not None
+    serving_version = result.status.get("modelVersion") or isvc.status.get("modelVersion")
+    if not (drift_spec.enabled or watch_quality) or not serving_version:
         return None
-    wait = _drift_read.remaining(isvc, drift.READ_EVERY_SECONDS)
+    wait = _drift_read.remaining(isvc.body, drift.READ_EVERY_SECONDS)
     if wait:
         return wait
-    _drift_read.done(isvc)
+    _drift_read.done(isvc.body)
     now = now_rfc3339()
-    mv = next((m for m in observed.model_versions if m["metadata"]["name"] == serving_version), None)
+    mv = next((m for m in observed.model_versions if m.name == serving_version), None)
     outcomes = []
     reports, where = None, None
     if CONFIG.prometheus_url and mv:
-        where = drift_sources.selector(isvc["metadata"]["namespace"], mv["spec"]["modelName"], str(mv["spec"]["version"]))
+        where = drift_sources.selector(isvc.namespace, mv.spec.model_name, str(mv.spec.version))
     else:
         reports = drift_sources.sidecar_reports(observed.pods, serving_version)
-    if drift_spec.get("enabled", True):
+    if drift_spec.enabled:
         if where:
             verdict = drift_sources.from_prometheus(CONFIG.prometheus_url, where)
         else:
             verdict = drift.from_reports(reports)
-        outcomes.append((drift.plan(isvc, verdict, now), drift_spec.get("pipelineRef")))
+        outcomes.append((drift.plan(isvc, verdict, now), drift_spec.pipeline_ref))
     if watch_quality:
         if where:
             live = drift_sources.quality_from_prometheus(CONFIG.prometheus_url, where)
         else:
             live = quality.from_reports(reports)
-        floor = spec.get("monitoring", {}).get("quality") or {}
-        outcomes.append((quality.plan(isvc, live, serving_version, now), floor.get("pipelineRef")))
+        outcomes.append((quality.plan(isvc, live, serving_version, now), floor and floor.pipeline_ref))
     asked = False
     for outcome, pipeline_ref in outcomes:
         result.status.update(outcome.status)
@@ -226,7 +228,7 @@ def watch_drift(isvc: dict[str, Any], observed: inference.Observed, result: Plan
         result.events.extend(outcome.events)
         if outcome.request_run and not asked:  # drift and quality at once: one run answers both
             asked = True
-            _request_run(isvc, pipeline_ref["name"], outcome.request_run, result)
+            _request_run(isvc.body, pipeline_ref.name, outcome.request_run, result)
     return drift.READ_EVERY_SECONDS
 
 
@@ -271,21 +273,20 @@ DATASET = kind_by_name("Dataset")
 _source_checked = Cadence()
 
 
-def check_source(body: dict[str, Any], result_conditions: list) -> tuple[str | None, Wakeup]:
+def check_source(dataset: training.Dataset, result_conditions: list) -> tuple[str | None, Wakeup]:
     """The source's fingerprint to validate (a new listing when one is due, else the last one) and when
     to list again. A source that cannot be listed keeps the last fingerprint: nothing is validated
     and the last version stays usable; the SourceAvailable condition says why."""
-    spec_source = body["spec"]["source"]
-    last = (body.get("status") or {}).get("sourceFingerprint")
-    interval = spec_source.get("checkIntervalSeconds")
+    last = dataset.status.get("sourceFingerprint")
+    interval = dataset.spec.source.check_interval_seconds
     if not interval:
         return None, None
-    wait = _source_checked.remaining(body, interval)
+    wait = _source_checked.remaining(dataset.body, interval)
     if wait and last:
         return last, wait
-    _source_checked.done(body)
+    _source_checked.done(dataset.body)
     try:
-        listing = sources.list_source(spec_source["uri"], CONFIG.s3_endpoint, CONFIG.s3_region)
+        listing = sources.list_source(dataset.spec.source.uri, CONFIG.s3_endpoint, CONFIG.s3_region)
     except sources.SourceUnavailable as exc:
         result_conditions.append(("SourceAvailable", "False", "SourceUnavailable", str(exc)))
         return last, interval
@@ -294,29 +295,27 @@ def check_source(body: dict[str, Any], result_conditions: list) -> tuple[str | N
     return listing.fingerprint, interval
 
 
-def trained_on(dataset: dict[str, Any]) -> frozenset[str]:
+def trained_on(dataset: training.Dataset) -> frozenset[str]:
     """The versions of this Dataset that ModelVersions were trained on."""
-    name = dataset["metadata"]["name"]
-    return frozenset(m["spec"].get("lineage", {}).get("datasetVersion")
-                     for m in CACHE.list("ModelVersion", dataset["metadata"]["namespace"])
-                     if m["spec"].get("lineage", {}).get("dataset") == name
-                     and m["spec"].get("lineage", {}).get("datasetVersion"))
+    lineages = [m.spec.lineage for m in CACHE.parsed("ModelVersion", dataset.namespace)]
+    return frozenset(lin.dataset_version for lin in lineages if lin.dataset == dataset.name and lin.dataset_version)
 
 
 def reconcile_dataset(body: dict[str, Any]) -> Wakeup:
-    if not _validate(DATASET, body):
+    dataset = _validate(DATASET, body)
+    if not dataset:
         return None
     checked: list = []
-    fingerprint, wake = check_source(body, checked)
+    fingerprint, wake = check_source(dataset, checked)
     jobs = observe_jobs(body)
-    token = datasets.validation_token(body, fingerprint)
-    view = jobs.get(training.validation_job_name(body, token), JobView(None))
-    result = datasets.plan(body, view, CONFIG, now_rfc3339(), fingerprint, trained_on(body))
+    token = datasets.validation_token(dataset, fingerprint)
+    view = jobs.get(training.validation_job_name(dataset, token), JobView(None))
+    result = datasets.plan(dataset, view, CONFIG, now_rfc3339(), fingerprint, trained_on(dataset))
     result.conditions.extend(checked)
-    if fingerprint and fingerprint != (body.get("status") or {}).get("sourceFingerprint") \
-            and (body.get("status") or {}).get("sourceFingerprint"):
+    if fingerprint and fingerprint != dataset.status.get("sourceFingerprint") \
+            and dataset.status.get("sourceFingerprint"):
         result.event("Normal", "SourceChanged", f"the source's listing changed; validating with Job "
-                     f"{training.validation_job_name(body, token)}")
+                     f"{training.validation_job_name(dataset, token)}")
     act(body, result, always_post=("SourceChanged",))
     return wake
 
@@ -325,49 +324,50 @@ PIPELINE = kind_by_name("TrainingPipeline")
 
 
 def reconcile_pipeline(body: dict[str, Any]) -> Wakeup:
-    if not _validate(PIPELINE, body):
+    pipeline = _validate(PIPELINE, body)
+    if not pipeline:
         return None
-    ns, spec = body["metadata"]["namespace"], body["spec"]
-    model_versions = CACHE.list("ModelVersion", ns)
+    ns, spec = pipeline.namespace, pipeline.spec
+    model_versions = CACHE.parsed("ModelVersion", ns)
     observed = pipelines.Observed(
-        dataset=CACHE.get("Dataset", ns, spec["datasetRef"]["name"]),
+        dataset=CACHE.parsed_get("Dataset", ns, spec.dataset_ref.name),
         jobs=observe_jobs(body),
-        production=registry.production_version(model_versions, spec["modelName"]),
-        champion=registry.serving_version(model_versions, CACHE.list("InferenceService", ns), spec["modelName"]),
+        production=registry.production_version(model_versions, spec.model_name),
+        champion=registry.serving_version(model_versions, CACHE.list("InferenceService", ns), spec.model_name),
     )
     now = now_rfc3339()
-    result = pipelines.plan(body, observed, CONFIG, now)
+    result = pipelines.plan(pipeline, observed, CONFIG, now)
     if result.refresh and datasets.refresh_request(observed.dataset) != result.refresh:
-        _store(k8s.annotate(API_VERSION, "Dataset", ns, spec["datasetRef"]["name"],
+        _store(k8s.annotate(API_VERSION, "Dataset", ns, spec.dataset_ref.name,
                             {datasets.REFRESH_ANNOTATION: result.refresh}))
     for run_id, mv_spec in result.register:
-        created = register(body, run_id, mv_spec)
+        created = register(pipeline, run_id, mv_spec)
         name = created["metadata"]["name"]
         run = next(r for r in result.status["runs"] if r["id"] == run_id)
         run.update(phase="Succeeded", modelVersion=name, finishedAt=now)
         result.event("Normal", "ModelVersionCreated", f"run {run_id} registered {name}"
-                     + (f" in stage {spec['promoteTo']}" if spec.get("promoteTo") else ""))
+                     + (f" in stage {spec.promote_to}" if spec.promote_to else ""))
         result.conditions = [c for c in result.conditions if c[0] != "Ready"]
         result.condition("Ready", "True", "Succeeded", f"run {run_id} produced {name}")
     act(body, result, always_post=("RunStarted", "ModelVersionCreated", "RunSkipped", "TrialFailed"))
-    next_run = result.status.get("nextRun") or (body.get("status") or {}).get("nextRun")
-    if spec.get("schedule") and next_run:
+    next_run = result.status.get("nextRun") or pipeline.status.get("nextRun")
+    if spec.schedule and next_run:
         due = datetime.fromisoformat(next_run.replace("Z", "+00:00")).timestamp()
         return max(due - datetime.now(timezone.utc).timestamp(), 0.0) + 1.0
     return None
 
 
-def register(pipeline: dict[str, Any], run_id: str, mv_spec: dict[str, Any]) -> dict[str, Any]:
+def register(pipeline: training.Pipeline, run_id: str, mv_spec: dict[str, Any]) -> dict[str, Any]:
     """Creates the run's ModelVersion once, with the next free version number.
 
     Idempotent under restarts (the entry of the same pipeline and run is returned) and safe under
     concurrent runs: the create fails with a conflict when another run took the number, and the next
     number is tried. A new Production entry archives the model's previous ones that runs registered."""
-    ns, model = pipeline["metadata"]["namespace"], pipeline["spec"]["modelName"]
-    registered = CACHE.list("ModelVersion", ns)
+    ns, model = pipeline.namespace, pipeline.spec.model_name
+    registered = CACHE.parsed("ModelVersion", ns)
     existing = registry.entry_of_run(registered, pipeline, run_id)
     if existing:
-        return existing
+        return existing.body
     version = registry.next_version(registered, model)
     for _ in range(20):
         try:
@@ -380,9 +380,9 @@ def register(pipeline: dict[str, Any], run_id: str, mv_spec: dict[str, Any]) -> 
     _store(created)
     name = created["metadata"]["name"]
     if created["spec"].get("stage") == "Production":
-        for other in registry.to_archive(CACHE.list("ModelVersion", ns), model, keep=name):
+        for other in registry.to_archive(CACHE.parsed("ModelVersion", ns), model, keep=name):
             _store(k8s.patch_spec(API_VERSION, "ModelVersion", ns, other, {"stage": "Archived"}))
-            log.info(f"archived {other}: {name} is now Production", **_ref(pipeline))
+            log.info(f"archived {other}: {name} is now Production", **_ref(pipeline.body))
     return created
 
 
@@ -390,11 +390,12 @@ MODEL_VERSION = kind_by_name("ModelVersion")
 
 
 def reconcile_model_version(body: dict[str, Any]) -> Wakeup:
-    if not _validate(MODEL_VERSION, body):
+    mv = _validate(MODEL_VERSION, body)
+    if not mv:
         return None
-    verify = observe_jobs(body).get(training.verify_job_name(body), JobView(None))
-    serving = registry.served_by(body, CACHE.list("InferenceService", body["metadata"]["namespace"]))
-    act(body, registry.plan_model_version(body, verify, CONFIG, now_rfc3339(), serving), always_post=("StageChanged",))
+    verify = observe_jobs(body).get(training.verify_job_name(mv), JobView(None))
+    serving = registry.served_by(mv, CACHE.list("InferenceService", mv.namespace))
+    act(body, registry.plan_model_version(mv, verify, CONFIG, now_rfc3339(), serving), always_post=("StageChanged",))
     return None
 
 

@@ -20,10 +20,12 @@ import pandas as pd
 import prometheus_local
 import pytest
 import serve_models
+import sklearn
 
 from kiln_operator import drift_sources
 from kiln_operator.builders import serving
 from kiln_operator.config import OperatorConfig
+from kiln_operator.validation import parse
 from kiln_runtime.profile import profile_column, profile_frame
 from s3_server import moto_server
 
@@ -61,8 +63,9 @@ def model(s3, tmp_path_factory):
     baseline["predictions"] = profile_column([str(v) for v in files.labels], "category")
     client.upload_file(str(files.skops), BUCKET, "m/1/model.skops")
     client.put_object(Bucket=BUCKET, Key="m/1/profile.json", Body=json.dumps(baseline).encode())
-    mv = {"metadata": {"name": "m-v1"}, "spec": {
+    mv = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "m-v1"}, "spec": {
         "modelName": "m", "version": 1, "signature": signature, "baselineUri": f"s3://{BUCKET}/m/1/profile.json",
+        "framework": {"version": sklearn.__version__},
         "artifact": {"uri": f"s3://{BUCKET}/m/1/model.skops", "sha256": files.sha["model.skops"], "format": "skops"}}}
     return mv, files
 
@@ -71,12 +74,14 @@ def deploy(kubectl, namespace: str, mv: dict, s3_url: str) -> str:
     """Applies the operator's serving Deployment; returns the ready pod's IP."""
     isvc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
             "metadata": {"name": "m", "namespace": namespace, "uid": "unused"},
-            "spec": {"monitoring": {"drift": {"enabled": True, "windowRows": WINDOW}},
+            "spec": {"model": {"modelName": "m", "stage": "Production"},
+                     "monitoring": {"drift": {"enabled": True, "windowRows": WINDOW}},
                      "logging": {"uri": f"s3://{BUCKET}/payloads/", "flushSeconds": 2},
                      "feedback": {"windowRows": 200},
                      "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}
     cfg = OperatorConfig(s3_endpoint=s3_url, extra_env={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e"})
-    dep = serving.deployment(isvc, mv, "primary", cfg)
+    # Typed as the operator's reconcile hands them over, the API's defaults filled in.
+    dep = serving.deployment(parse(isvc), parse(mv), "primary", cfg)
     dep["metadata"].pop("ownerReferences")  # no InferenceService object: the GC would delete an orphan
     dep["spec"]["replicas"] = 1
     kubectl.apply(json.dumps(dep), "-n", namespace)

@@ -127,3 +127,18 @@ def test_a_service_that_moves_to_a_version_wakes_the_version_it_left_and_the_one
     isvc = obj("InferenceService", "a", status={"modelVersion": "iris-v2", "canaryVersion": "iris-v3"})
     assert sorted(dependents.of(isvc, cache)) == [("InferenceService", "ml", "a"), ("ModelVersion", "ml", "iris-v1"),
                                                    ("ModelVersion", "ml", "iris-v2"), ("ModelVersion", "ml", "iris-v3")]
+
+
+def test_kiln_objects_are_parsed_once_per_version_and_one_whose_spec_does_not_validate_is_left_out():
+    spec = {"modelName": "iris", "version": 1, "framework": {"version": "1.6.1"},
+            "artifact": {"uri": "s3://b/m", "sha256": "a" * 64},
+            "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}}
+    cache = Cache()
+    cache.put(obj("ModelVersion", "iris-v1", spec=spec))
+    cache.put(obj("ModelVersion", "iris-v2", spec={**spec, "artifact": {"uri": "s3://b/m"}}))  # no digest
+    (first,) = cache.parsed("ModelVersion", "ml")
+    assert first.name == "iris-v1" and first.spec.stage == "None"  # the api's default, filled in
+    assert cache.parsed("ModelVersion", "ml")[0] is first and cache.parsed_get("ModelVersion", "ml", "iris-v1") is first
+    assert cache.parsed_get("ModelVersion", "ml", "iris-v2") is None
+    cache.put(obj("ModelVersion", "iris-v1", rv="2", spec={**spec, "stage": "Production"}))
+    assert cache.parsed_get("ModelVersion", "ml", "iris-v1").spec.stage == "Production"

@@ -12,6 +12,7 @@ from kiln_operator import datasets, pipelines
 from kiln_operator.builders import serving, training
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobs import JobView
+from kiln_operator.validation import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = OperatorConfig()
@@ -44,14 +45,15 @@ def example(name: str) -> dict:
 
 
 def built_manifests() -> list[dict]:
-    isvc = example("04-inferenceservice.yaml")
+    isvc = parse(example("04-inferenceservice.yaml"))
     mv = example("03-modelversion.yaml")
     mv["spec"]["baselineUri"] = "s3://kiln/b.json"
+    mv = parse(mv)
     dataset = example("01-dataset.yaml")
     dataset["status"] = {"version": "ab" * 32, "conditions": [{"type": "Ready", "status": "True"}]}
-    pipeline = example("02-trainingpipeline.yaml")
-    run = pipelines.plan(pipeline, pipelines.Observed(dataset=dataset, jobs={}, production=None), CFG, NOW)
-    validation = datasets.plan(example("01-dataset.yaml"), JobView(None), CFG, NOW)
+    pipeline = parse(example("02-trainingpipeline.yaml"))
+    run = pipelines.plan(pipeline, pipelines.Observed(dataset=parse(dataset), jobs={}, production=None), CFG, NOW)
+    validation = datasets.plan(parse(example("01-dataset.yaml")), JobView(None), CFG, NOW)
     return [serving.deployment(isvc, mv, "primary", CFG), training.verify_job(mv, CFG), *run.apply,
             *validation.apply]
 

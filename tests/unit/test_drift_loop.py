@@ -1,15 +1,18 @@
 """The drift loop as a user sees it: a condition naming the worst features, an Event, one run per cooldown."""
 
 from kiln_operator import drift
+from kiln_operator.validation import parse
 
 NOW = "2026-11-23T10:00:00Z"
 
 
 def isvc(action="retrain", status=None):
-    return {"metadata": {"name": "iris", "namespace": "ml"},
-            "spec": {"monitoring": {"drift": {"action": action, "pipelineRef": {"name": "iris-forest"},
-                                              "cooldownSeconds": 600}}},
-            "status": status or {}}
+    return parse({
+        "kind": "InferenceService", "metadata": {"name": "iris", "namespace": "ml"},
+        "spec": {"model": {"modelName": "iris", "stage": "Production"},
+                 "monitoring": {"drift": {"action": action, "pipelineRef": {"name": "iris-forest"},
+                                          "cooldownSeconds": 600}}},
+        "status": status or {}})
 
 
 def report(drifted: dict[str, float], calm: dict[str, float] = None, rows=2000):

@@ -4,17 +4,18 @@ import copy
 
 from kiln_operator.config import OperatorConfig
 from kiln_operator.inference import Observed, plan
+from kiln_operator.validation import parse
 
 CFG = OperatorConfig()
 
 
 def mv(version, stage="None", model="iris", verified=True):
-    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
-            "metadata": {"name": f"{model}-v{version}", "namespace": "ml", "uid": f"mv-{version}"},
-            "spec": {"modelName": model, "version": version, "stage": stage,
-                     "artifact": {"uri": "s3://b/m", "sha256": "a" * 64},
-                     "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}},
-            "status": {"verifiedSha256": "a" * 64} if verified else {}}
+    return parse({"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
+                  "metadata": {"name": f"{model}-v{version}", "namespace": "ml", "uid": f"mv-{version}"},
+                  "spec": {"modelName": model, "version": version, "stage": stage, "framework": {"version": "1.6.1"},
+                           "artifact": {"uri": "s3://b/m", "sha256": "a" * 64},
+                           "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}},
+                  "status": {"verifiedSha256": "a" * 64} if verified else {}})
 
 
 def test_an_unverified_version_is_never_rolled_out_and_the_service_says_which_it_waits_for():
@@ -23,7 +24,7 @@ def test_an_unverified_version_is_never_rolled_out_and_the_service_says_which_it
     assert conditions(waiting)["Ready"][:2] == ("False", "WaitingForVerification")
     assert "iris-v1" in conditions(waiting)["Ready"][2]
     failed = mv(1, "Production", verified=False)
-    failed["status"]["conditions"] = [{"type": "Verified", "status": "False", "reason": "DigestMismatch",
+    failed.body["status"]["conditions"] = [{"type": "Verified", "status": "False", "reason": "DigestMismatch",
                                        "message": "sha256 of s3://b/m is bbb"}]
     refused = plan(isvc(), Observed([failed], {}, []), CFG)
     assert conditions(refused)["Ready"][:2] == ("False", "VersionNotVerified")
@@ -41,17 +42,17 @@ def test_a_promoted_version_waits_for_its_verification_while_the_old_one_serves(
     assert dep["metadata"]["labels"]["kiln.dev/model-version"] == "iris-v1"
     assert conditions(result)["Progressing"][:2] == ("False", "WaitingForVerification")
     assert "still serving iris-v1" in conditions(result)["Progressing"][2]
-    new["status"]["verifiedSha256"] = "a" * 64
+    new.body["status"]["verifiedSha256"] = "a" * 64
     moving = plan(serving, Observed([old, new], {"primary": deployment_for(first)}, []), CFG)
     (dep,) = [m for m in moving.apply if m["kind"] == "Deployment"]
     assert dep["metadata"]["labels"]["kiln.dev/model-version"] == "iris-v2"
 
 
 def isvc(status=None, **spec):
-    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
-            "metadata": {"name": "iris", "namespace": "ml", "uid": "isvc-1", "generation": 1},
-            "spec": {"model": {"modelName": "iris", "stage": "Production"}, **spec},
-            "status": status or {}}
+    return parse({"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
+                  "metadata": {"name": "iris", "namespace": "ml", "uid": "isvc-1", "generation": 1},
+                  "spec": {"model": {"modelName": "iris", "stage": "Production"}, **spec},
+                  "status": status or {}})
 
 
 def deployment_for(result, role="primary", ready=1, complete=True):

@@ -2,17 +2,20 @@
 against the floor, and one run per cooldown when the model got worse."""
 
 from kiln_operator import quality
+from kiln_operator.validation import parse
 
 NOW = "2026-11-23T10:00:00Z"
 LATER = "2026-11-23T10:05:00Z"
 
 
 def isvc(floor=None, status=None):
-    spec = {"feedback": {}, "monitoring": {}}
+    spec = {"model": {"modelName": "loans", "stage": "Production"}, "feedback": {}, "monitoring": {}}
     if floor is not None:
-        spec["monitoring"]["quality"] = {"metric": "accuracy", "min": 0.8, "minRows": 50, "action": "retrain",
-                                         "pipelineRef": {"name": "loans"}, "cooldownSeconds": 600, **floor}
-    return {"metadata": {"name": "loans", "namespace": "ml"}, "spec": spec, "status": status or {}}
+        quality_floor = {"metric": "accuracy", "min": 0.8, "minRows": 50, "action": "retrain",
+                         "pipelineRef": {"name": "loans"}, "cooldownSeconds": 600, **floor}
+        spec["monitoring"]["quality"] = {k: v for k, v in quality_floor.items() if v is not None}
+    return parse({"kind": "InferenceService", "metadata": {"name": "loans", "namespace": "ml"}, "spec": spec,
+                  "status": status or {}})
 
 
 def report(rows, **metrics):
@@ -50,10 +53,7 @@ def test_too_few_labels_are_no_verdict_and_a_met_floor_asks_nothing():
 
 
 def test_error_metrics_have_a_ceiling():
-    floor = {"metric": "mae", "min": None, "max": 2.0}
-    floor = {k: v for k, v in floor.items() if v is not None}
-    spec = isvc(floor)
-    del spec["spec"]["monitoring"]["quality"]["min"]
+    spec = isvc({"metric": "mae", "min": None, "max": 2.0})
     outcome = quality.plan(spec, quality.from_reports([report(100, mae=2.5, rmse=3.0)]), "loans-v1", NOW)
     assert conditions(outcome)["QualityDegraded"][:2] == ("True", "BelowFloor")
     assert "above the maximum 2" in conditions(outcome)["QualityDegraded"][2]

@@ -10,7 +10,7 @@ from kiln_operator.api.kinds import kind_by_name
 from kiln_operator.builders import serving
 from kiln_operator.config import OperatorConfig
 from kiln_operator.inference import Observed, plan
-from kiln_operator.validation import InvalidSpec, parse_spec
+from kiln_operator.validation import InvalidSpec, parse, parse_spec
 from test_inference_plan import mv  # the same verified ModelVersion the plan tests use
 
 CFG = OperatorConfig()
@@ -22,11 +22,11 @@ CANARY = {"versionRef": {"name": "iris-v2"}, "trafficPercent": 20}
 
 
 def isvc(status=None, **spec):
-    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
-            "metadata": {"name": "iris", "namespace": "ml", "uid": "isvc-1", "generation": 1},
-            "spec": {"model": {"modelName": "iris", "stage": "Production"},
-                     "autoscaling": {"minReplicas": 2, "maxReplicas": 6}, **spec},
-            "status": status or {}}
+    return parse({"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
+                  "metadata": {"name": "iris", "namespace": "ml", "uid": "isvc-1", "generation": 1},
+                  "spec": {"model": {"modelName": "iris", "stage": "Production"},
+                           "autoscaling": {"minReplicas": 2, "maxReplicas": 6}, **spec},
+                  "status": status or {}})
 
 
 VERSIONS = [mv(1, "Production"), mv(2)]

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
+from kiln_operator.api import InferenceServiceSpec, ModelVersionSpec
 from kiln_operator.builders import serving
 from kiln_operator.config import OperatorConfig
+from kiln_operator.validation import parse
 
 ISVC = {
     "apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService",
@@ -20,6 +22,7 @@ MV = {
     "apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
     "metadata": {"name": "iris-v3", "namespace": "ml", "uid": "u-3"},
     "spec": {"modelName": "iris", "version": 3, "baselineUri": "s3://b/baseline.json",
+             "framework": {"version": "1.6.1"},
              "artifact": {"uri": "s3://b/model.skops", "sha256": "a" * 64, "format": "skops",
                           "onnx": {"uri": "s3://b/model.onnx", "sha256": "b" * 64, "parityVerified": True}},
              "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}},
@@ -27,12 +30,16 @@ MV = {
 CFG = OperatorConfig(runtime_image="ghcr.io/kiln-dev/kiln-runtime:test", s3_endpoint="http://10.244.0.1:9000", store_secret="s3")
 
 
+def containers(isvc, mv):
+    return serving.deployment(parse(isvc), parse(mv), "primary", CFG)["spec"]["template"]["spec"]["containers"]
+
+
 def env_of(container):
     return {e["name"]: e["value"] for e in container["env"]}
 
 
 def test_deployment_runs_the_server_and_the_monitor_restricted():
-    dep = serving.deployment(ISVC, MV, "primary", CFG)
+    dep = serving.deployment(parse(ISVC), parse(MV), "primary", CFG)
     pod = dep["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["server", "monitor"]
     for c in pod["containers"]:
@@ -56,28 +63,28 @@ def test_deployment_runs_the_server_and_the_monitor_restricted():
 def test_unverified_onnx_is_not_served():
     mv = json.loads(json.dumps(MV))
     mv["spec"]["artifact"]["onnx"]["parityVerified"] = False
-    server = env_of(serving.deployment(ISVC, mv, "primary", CFG)["spec"]["template"]["spec"]["containers"][0])
+    server = env_of(containers(ISVC, mv)[0])
     assert "KILN_ONNX_URI" not in server
 
 
 def test_no_monitor_without_a_baseline_or_when_disabled():
     mv = json.loads(json.dumps(MV))
     del mv["spec"]["baselineUri"]
-    assert len(serving.deployment(ISVC, mv, "primary", CFG)["spec"]["template"]["spec"]["containers"]) == 1
+    assert len(containers(ISVC, mv)) == 1
     isvc = json.loads(json.dumps(ISVC))
     isvc["spec"]["monitoring"]["drift"]["enabled"] = False
-    assert len(serving.deployment(isvc, MV, "primary", CFG)["spec"]["template"]["spec"]["containers"]) == 1
+    assert len(containers(isvc, MV)) == 1
 
 
 def test_service_selects_every_role_and_hpa_targets_its_deployment():
-    svc = serving.service(ISVC)
-    primary = serving.deployment(ISVC, MV, "primary", CFG)
-    canary = serving.deployment(ISVC, MV, "canary", CFG)
+    svc = serving.service(parse(ISVC))
+    primary = serving.deployment(parse(ISVC), parse(MV), "primary", CFG)
+    canary = serving.deployment(parse(ISVC), parse(MV), "canary", CFG)
     for dep in (primary, canary):
         labels = dep["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= labels.items()
     assert primary["spec"]["selector"] != canary["spec"]["selector"]
-    hpa = serving.hpa(ISVC, "primary", 2, 5)
+    hpa = serving.hpa(parse(ISVC), "primary", 2, 5)
     assert hpa["spec"]["scaleTargetRef"]["name"] == primary["metadata"]["name"]
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
 
@@ -91,10 +98,9 @@ def test_replica_split_realises_the_canary_share(minimum, percent, expected):
 def test_without_a_monitoring_sidecar_the_server_hands_off_nothing():
     from kiln_operator.builders.serving import server_env
 
-    isvc_spec = {"monitoring": {"drift": {"enabled": False}}}
-    mv = {"metadata": {"name": "iris-v1"}, "spec": {"modelName": "iris", "version": 1,
-          "artifact": {"uri": "s3://b/m", "sha256": "a" * 64}, "signature": {"inputs": [], "output": {}}}}
-    env = {e["name"]: e["value"] for e in server_env(isvc_spec, mv, monitored=False)}
+    isvc_spec = InferenceServiceSpec.model_validate({**ISVC["spec"], "monitoring": {"drift": {"enabled": False}}})
+    env = {e["name"]: e["value"] for e in server_env(isvc_spec, ModelVersionSpec.model_validate(MV["spec"]),
+                                                     monitored=False)}
     assert env["KILN_HANDOFF_SOCKET"] == "off"
 
 
@@ -105,7 +111,7 @@ def test_payload_logging_and_feedback_configure_the_sidecar_even_without_drift()
     isvc["spec"]["feedback"] = {"ttlSeconds": 600, "windowRows": 200, "labelledUri": "s3://data/labelled"}
     mv = json.loads(json.dumps(MV))
     mv["spec"]["signature"]["output"]["name"] = "default"
-    server, monitor = serving.deployment(isvc, mv, "primary", CFG)["spec"]["template"]["spec"]["containers"]
+    server, monitor = containers(isvc, mv)
     env = env_of(monitor)
     assert (env["KILN_PAYLOAD_URI"], env["KILN_PAYLOAD_SAMPLE_RATE"], env["KILN_PAYLOAD_FLUSH_SECONDS"]) == (
         "s3://logs/payloads", "0.5", "5")
@@ -117,7 +123,7 @@ def test_payload_logging_and_feedback_configure_the_sidecar_even_without_drift()
 
 
 def test_without_feedback_the_server_relays_nothing_and_the_sidecar_logs_nothing():
-    server, monitor = serving.deployment(ISVC, MV, "primary", CFG)["spec"]["template"]["spec"]["containers"]
+    server, monitor = containers(ISVC, MV)
     assert "KILN_MONITOR_URL" not in env_of(server)
     assert not {"KILN_PAYLOAD_URI", "KILN_LABELLED_URI"} & set(env_of(monitor))
 
@@ -132,9 +138,9 @@ POD = {"serviceAccountName": "model-reader", "nodeSelector": {"pool": "inference
 def test_spec_pod_reaches_the_serving_pods_and_never_overrides_kilns_labels_or_annotations():
     isvc = json.loads(json.dumps(ISVC))
     isvc["spec"]["pod"] = POD
-    plain = serving.deployment(ISVC, MV, "primary", CFG)
+    plain = serving.deployment(parse(ISVC), parse(MV), "primary", CFG)
     for role in ("primary", "canary"):
-        dep = serving.deployment(isvc, MV, role, CFG)
+        dep = serving.deployment(parse(isvc), parse(MV), role, CFG)
         template = dep["spec"]["template"]
         pod = template["spec"]
         assert pod["serviceAccountName"] == "model-reader" and pod["nodeSelector"] == {"pool": "inference"}
@@ -144,7 +150,7 @@ def test_spec_pod_reaches_the_serving_pods_and_never_overrides_kilns_labels_or_a
         assert labels["team"] == "risk" and annotations["example.com/team"] == "risk"
         # Kiln's labels win: the Deployment's and the Service's selectors still find the pods.
         assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
-        assert serving.service(isvc)["spec"]["selector"].items() <= labels.items()
+        assert serving.service(parse(isvc))["spec"]["selector"].items() <= labels.items()
         assert labels["kiln.dev/role"] == role and labels["app.kubernetes.io/name"] == "kiln-serve"
         # Kiln's scrape annotations stay.
         assert annotations["prometheus.io/port"] == "8080" and annotations["prometheus.io/scrape"] == "true"

@@ -15,6 +15,7 @@ from kiln_operator.api.training import TrainingPipelineSpec
 from kiln_operator.builders import training
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobs import JobView, termination_summaries, trial_totals, whole_summary
+from kiln_operator.validation import parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CFG = OperatorConfig()
@@ -50,7 +51,7 @@ def ready_dataset(version: str = VERSION) -> dict:
 
 def test_a_new_dataset_gets_one_validation_job_of_the_runtime_image():
     ds = example("01-dataset.yaml")
-    result = datasets.plan(ds, JobView(None), CFG, NOW)
+    result = datasets.plan(parse(ds), JobView(None), CFG, NOW)
     (manifest,) = result.apply
     assert manifest["kind"] == "Job"
     container = manifest["spec"]["template"]["spec"]["containers"][0]
@@ -66,29 +67,29 @@ def test_a_datasets_own_secret_reaches_the_steps_that_read_it_under_a_prefix():
     tp = example("02-trainingpipeline.yaml")
     own = {"prefix": "KILN_SOURCE_", "secretRef": {"name": "warehouse"}}
     store = {"secretRef": {"name": "kiln-store"}}
-    validation = datasets.plan(ds, JobView(None), cfg, NOW).apply[0]
-    (trials,) = pipelines.plan(tp, observed(ds), cfg, NOW).apply
+    validation = datasets.plan(parse(ds), JobView(None), cfg, NOW).apply[0]
+    (trials,) = pipelines.plan(parse(tp), observed(ds), cfg, NOW).apply
     for job_ in (validation, trials):
         assert job_["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [store, own]
     mv = registered()
-    verify = training.verify_job(mv, cfg)  # reads the model only: no data credentials
+    verify = training.verify_job(parse(mv), cfg)  # reads the model only: no data credentials
     assert verify["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [store]
 
 
 def test_a_refresh_request_or_spec_change_names_a_new_job():
     ds = example("01-dataset.yaml")
-    first = datasets.validation_token(ds)
+    first = datasets.validation_token(parse(ds))
     ds["metadata"]["annotations"] = {datasets.REFRESH_ANNOTATION: "2026-11-23T10:00:00Z"}
-    refreshed = datasets.validation_token(ds)
+    refreshed = datasets.validation_token(parse(ds))
     ds["metadata"]["generation"] = 2
-    assert len({first, refreshed, datasets.validation_token(ds)}) == 3
+    assert len({first, refreshed, datasets.validation_token(parse(ds))}) == 3
 
 
 def test_passed_validation_sets_version_rows_and_ready():
     ds = example("01-dataset.yaml")
     view = JobView(job("Complete", 1), {0: {"result": "Succeeded", "version": VERSION, "rows": 150,
                                              "profileUri": "s3://kiln/p.json"}})
-    result = datasets.plan(ds, view, CFG, NOW)
+    result = datasets.plan(parse(ds), view, CFG, NOW)
     assert result.apply == []
     assert result.status["version"] == VERSION and result.status["rows"] == 150
     assert conditions(result)["Ready"][0] == "True"
@@ -97,8 +98,8 @@ def test_passed_validation_sets_version_rows_and_ready():
 
 def test_a_changed_source_listing_names_a_new_validation_and_is_recorded():
     ds = ready_dataset()
-    assert datasets.validation_token(ds, "f1" * 32) != datasets.validation_token(ds, "f2" * 32)
-    result = datasets.plan(ds, JobView(None), CFG, NOW, fingerprint="f2" * 32)
+    assert datasets.validation_token(parse(ds), "f1" * 32) != datasets.validation_token(parse(ds), "f2" * 32)
+    result = datasets.plan(parse(ds), JobView(None), CFG, NOW, fingerprint="f2" * 32)
     assert result.status["sourceFingerprint"] == "f2" * 32 and len(result.apply) == 1
 
 
@@ -106,12 +107,12 @@ def test_retention_keeps_the_newest_versions_and_every_version_a_model_was_train
     ds = ready_dataset()
     ds["spec"]["retention"] = {"versions": 2}
     ds["status"]["versions"] = [{"version": v * 64} for v in "1234"]
-    validation = datasets.plan(ds, JobView(None), CFG, NOW, trained_on=frozenset({"1" * 64})).apply[0]
+    validation = datasets.plan(parse(ds), JobView(None), CFG, NOW, trained_on=frozenset({"1" * 64})).apply[0]
     config = json.loads(validation["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
     assert config["keepVersions"] == ["1" * 64, "3" * 64, "4" * 64]
     view = JobView(job("Complete", 1), {0: {"result": "Succeeded", "version": "5" * 64, "rows": 9,
                                              "snapshotUri": "s3://kiln/5.parquet", "snapshotSha256": "e" * 64}})
-    done = datasets.plan(ds, view, CFG, NOW, trained_on=frozenset({"1" * 64}))
+    done = datasets.plan(parse(ds), view, CFG, NOW, trained_on=frozenset({"1" * 64}))
     assert [v["version"][0] for v in done.status["versions"]] == ["1", "3", "4", "5"]
     assert done.status["snapshotUri"] == "s3://kiln/5.parquet"
 
@@ -119,7 +120,7 @@ def test_retention_keeps_the_newest_versions_and_every_version_a_model_was_train
 def test_a_failed_validation_after_a_good_one_leaves_the_last_version_usable():
     ds = ready_dataset()
     summary = {"result": "Failed", "reason": "SourceEmpty", "message": "s3://d/x/: no .csv or .parquet file"}
-    result = datasets.plan(ds, JobView(job("Failed"), {0: summary}), CFG, NOW)
+    result = datasets.plan(parse(ds), JobView(job("Failed"), {0: summary}), CFG, NOW)
     assert conditions(result)["Validated"][:2] == ("False", "SourceEmpty")
     assert conditions(result)["Ready"][:2] == ("True", "LastVersionUsable")
     assert "version" not in result.status  # the last version is left as it was
@@ -129,7 +130,7 @@ def test_failed_checks_are_named_with_their_column():
     ds = example("01-dataset.yaml")
     summary = {"result": "Failed", "reason": "ChecksFailed", "message": "1 check failed",
                "failures": [{"column": "sepal_length", "check": "type", "message": "'abc' is not a number"}]}
-    result = datasets.plan(ds, JobView(job("Failed"), {0: summary}), CFG, NOW)
+    result = datasets.plan(parse(ds), JobView(job("Failed"), {0: summary}), CFG, NOW)
     assert conditions(result)["Ready"][:2] == ("False", "ChecksFailed")
     assert result.status["failures"] == [{"column": "sepal_length", "check": "type",
                                           "message": "'abc' is not a number"}]
@@ -139,7 +140,7 @@ def test_a_pod_that_never_wrote_a_summary_still_explains_the_failure():
     ds = example("01-dataset.yaml")
     failed = job("Failed")
     failed["status"]["conditions"][0].update(reason="DeadlineExceeded", message="Job was active longer than allowed")
-    result = datasets.plan(ds, JobView(failed), CFG, NOW)
+    result = datasets.plan(parse(ds), JobView(failed), CFG, NOW)
     assert conditions(result)["Ready"][:2] == ("False", "ValidationFailed")
     assert "DeadlineExceeded" in conditions(result)["Ready"][2]
 
@@ -147,22 +148,23 @@ def test_a_pod_that_never_wrote_a_summary_still_explains_the_failure():
 # --- TrainingPipeline ------------------------------------------------------------------------------
 
 def observed(dataset=None, jobs=None, production=None) -> pipelines.Observed:
-    return pipelines.Observed(dataset=dataset, jobs=jobs or {}, production=production)
+    return pipelines.Observed(dataset=dataset and parse(dataset), jobs=jobs or {},
+                              production=production and parse(production))
 
 
 def test_a_pipeline_waits_for_its_dataset():
     tp = example("02-trainingpipeline.yaml")
-    missing = pipelines.plan(tp, observed(None), CFG, NOW)
+    missing = pipelines.plan(parse(tp), observed(None), CFG, NOW)
     assert conditions(missing)["Ready"][:2] == ("False", "DatasetNotFound")
     unready = example("01-dataset.yaml")
-    waiting = pipelines.plan(tp, observed(unready), CFG, NOW)
+    waiting = pipelines.plan(parse(tp), observed(unready), CFG, NOW)
     assert conditions(waiting)["Ready"][:2] == ("False", "DatasetNotReady")
     assert waiting.apply == []
 
 
 def test_creation_starts_run_one_as_an_indexed_trials_job():
     tp = example("02-trainingpipeline.yaml")  # 8 trials, two at a time
-    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    result = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW)
     (trials,) = result.apply
     assert trials["spec"]["completionMode"] == "Indexed"
     assert trials["spec"]["completions"] == 2 and trials["spec"]["parallelism"] == 2
@@ -175,7 +177,7 @@ def test_creation_starts_run_one_as_an_indexed_trials_job():
 
 
 def trials_of(tp: dict) -> tuple[dict, str]:
-    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    result = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW)
     (trials,) = result.apply
     (started,) = [e[2] for e in result.events if e[1] == "RunStarted"]
     return trials, started
@@ -236,36 +238,36 @@ def assert_pod_settings(job_: dict, account: str = "trainer") -> None:
 def test_spec_pod_reaches_the_trial_selection_and_validation_pods():
     ds = ready_dataset()
     ds["spec"]["pod"] = POD
-    validation = datasets.plan(ds, JobView(None), CFG, NOW).apply[0]
+    validation = datasets.plan(parse(ds), JobView(None), CFG, NOW).apply[0]
     assert_pod_settings(validation)
     assert validation["spec"]["template"]["metadata"]["labels"]["kiln.dev/step"] == "validate"
     tp = example("02-trainingpipeline.yaml")
     tp["spec"]["pod"] = POD
-    (trials,) = pipelines.plan(tp, observed(ds), CFG, NOW).apply
+    (trials,) = pipelines.plan(parse(tp), observed(ds), CFG, NOW).apply
     assert_pod_settings(trials)
     assert trials["spec"]["template"]["metadata"]["labels"]["kiln.dev/run"] == "r1"
     tp = running(tp)
-    name = training.run_job_name(tp, "r1", "trials")
-    (select,) = pipelines.plan(tp, observed(ds, {name: JobView(job("Complete", 8))}), CFG, NOW).apply
+    name = training.run_job_name(parse(tp), "r1", "trials")
+    (select,) = pipelines.plan(parse(tp), observed(ds, {name: JobView(job("Complete", 8))}), CFG, NOW).apply
     assert_pod_settings(select)
     assert select["spec"]["template"]["metadata"]["labels"]["kiln.dev/step"] == "select"
     # The verify Job belongs to a ModelVersion, which has no pod settings: untouched.
-    verify = training.verify_job(registered(), CFG)["spec"]["template"]
+    verify = training.verify_job(parse(registered()), CFG)["spec"]["template"]
     assert "annotations" not in verify["metadata"] and "serviceAccountName" not in verify["spec"]
 
 
 def test_the_older_service_account_field_still_works_and_spec_pod_wins():
     tp = example("02-trainingpipeline.yaml")
     tp["spec"]["serviceAccountName"] = "legacy"
-    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    (trials,) = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW).apply
     pod = trials["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "legacy" and "nodeSelector" not in pod and "tolerations" not in pod
     assert "annotations" not in trials["spec"]["template"]["metadata"]
     tp["spec"]["pod"] = {"nodeSelector": {"pool": "training"}}
-    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    (trials,) = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW).apply
     assert trials["spec"]["template"]["spec"]["serviceAccountName"] == "legacy"
     tp["spec"]["pod"] = POD
-    (trials,) = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply
+    (trials,) = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW).apply
     assert_pod_settings(trials)
 
 
@@ -294,7 +296,7 @@ def trials_done(tp: dict, state: str | None, *summaries: dict) -> pipelines.Obse
     ok = sum(s["result"] == "Succeeded" for s in summaries)
     failed = ",".join(str(s["shard"]) for s in summaries if s["result"] == "Failed")
     view = JobView(job(state, ok, failed), {s["shard"]: s for s in summaries})
-    return observed(ready_dataset(), {training.run_job_name(tp, "r1", "trials"): view})
+    return observed(ready_dataset(), {training.run_job_name(parse(tp), "r1", "trials"): view})
 
 
 def trial_events(result) -> list[str]:
@@ -303,7 +305,7 @@ def trial_events(result) -> list[str]:
 
 def test_finished_trials_start_the_selection_step_with_the_shards_counts_added_up():
     tp = running(example("02-trainingpipeline.yaml"))
-    result = pipelines.plan(tp, trials_done(tp, "Complete", shard(0, 12), shard(1, 11, failed=(5,))), CFG, NOW)
+    result = pipelines.plan(parse(tp), trials_done(tp, "Complete", shard(0, 12), shard(1, 11, failed=(5,))), CFG, NOW)
     (select,) = result.apply
     assert select["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["kiln-train", "select"]
     run = result.status["runs"][0]
@@ -316,7 +318,7 @@ def test_finished_trials_start_the_selection_step_with_the_shards_counts_added_u
 def test_a_job_failed_by_one_shard_still_selects_among_the_trials_that_succeeded():
     tp = running(example("02-trainingpipeline.yaml"))
     bad = shard(1, 0, failed=tuple(range(1, 24, 2)))  # all 12 of shard 1's trials; 5 listed
-    result = pipelines.plan(tp, trials_done(tp, "Failed", shard(0, 12), bad), CFG, NOW)
+    result = pipelines.plan(parse(tp), trials_done(tp, "Failed", shard(0, 12), bad), CFG, NOW)
     run = result.status["runs"][0]
     assert (run["phase"], run["trialsSucceeded"], run["trialsFailed"]) == ("Selecting", 12, 12)
     assert [f["trial"] for f in run["failedTrials"]] == [1, 3, 5, 7, 9]
@@ -326,8 +328,8 @@ def test_a_job_failed_by_one_shard_still_selects_among_the_trials_that_succeeded
 
 def test_a_run_whose_every_trial_failed_names_the_first_trial_and_why():
     tp = running(example("02-trainingpipeline.yaml"))
-    result = pipelines.plan(tp, trials_done(tp, "Failed", shard(0, 0, failed=(0, 2)), shard(1, 0, failed=(1, 3))),
-                            CFG, NOW)
+    result = pipelines.plan(parse(tp), trials_done(tp, "Failed", shard(0, 0, failed=(0, 2)),
+                                                   shard(1, 0, failed=(1, 3))), CFG, NOW)
     run = result.status["runs"][0]
     assert run["phase"] == "Failed" and run["trialsFailed"] == 4
     assert "trial 0: InvalidParameter: max_depth must be >= 1, got -0" in run["message"]
@@ -339,20 +341,20 @@ def test_a_shard_that_stopped_before_any_trial_still_explains_the_failed_run():
     tp = running(example("02-trainingpipeline.yaml"))
     denied = {"command": "trial", "shard": 0, "shards": 1, "result": "Failed", "reason": "AccessDenied",
               "message": "s3://kiln/iris.csv: AccessDenied"}
-    result = pipelines.plan(tp, trials_done(tp, "Failed", denied), CFG, NOW)
+    result = pipelines.plan(parse(tp), trials_done(tp, "Failed", denied), CFG, NOW)
     assert "AccessDenied s3://kiln/iris.csv" in result.status["runs"][0]["message"]
 
 
 def test_a_failed_trial_raises_one_event_however_often_the_run_is_reconciled():
     tp = running(example("02-trainingpipeline.yaml"))
-    first = pipelines.plan(tp, trials_done(tp, None, shard(1, 11, failed=(5,))), CFG, NOW)
+    first = pipelines.plan(parse(tp), trials_done(tp, None, shard(1, 11, failed=(5,))), CFG, NOW)
     assert trial_events(first) == ["run r1: trial 5 failed: InvalidParameter: max_depth must be >= 1, got -5"]
     assert "(11 trial(s) done, 1 failed)" in conditions(first)["Ready"][2]
     tp["status"]["runs"] = first.status["runs"]
-    again = pipelines.plan(tp, trials_done(tp, None, shard(1, 11, failed=(5,))), CFG, NOW)
+    again = pipelines.plan(parse(tp), trials_done(tp, None, shard(1, 11, failed=(5,))), CFG, NOW)
     assert trial_events(again) == [] and again.status["runs"] == first.status["runs"]
     # Shard 0 finishes with a failure of its own: that one is news.
-    later = pipelines.plan(tp, trials_done(tp, "Complete", shard(0, 11, failed=(4,)), shard(1, 11, failed=(5,))),
+    later = pipelines.plan(parse(tp), trials_done(tp, "Complete", shard(0, 11, failed=(4,)), shard(1, 11, failed=(5,))),
                            CFG, NOW)
     assert trial_events(later) == ["run r1: trial 4 failed: InvalidParameter: max_depth must be >= 1, got -4"]
     assert [f["trial"] for f in later.status["runs"][0]["failedTrials"]] == [4, 5]
@@ -365,7 +367,7 @@ def test_successive_halving_reports_its_rounds_and_its_record():
               {"round": 2, "resources": 108, "candidates": 8, "kept": 3}]
     halving = shard(0, 3, shards=1, rounds=rounds, searchRecordUri="s3://kiln/r1/search/halving.json")
     halving["trials"].update(assigned=64, stopped=61)
-    run = pipelines.plan(tp, trials_done(tp, "Complete", halving), CFG, NOW).status["runs"][0]
+    run = pipelines.plan(parse(tp), trials_done(tp, "Complete", halving), CFG, NOW).status["runs"][0]
     assert (run["phase"], run["trialsSucceeded"], run["trialsStopped"], run["trialsFailed"]) == ("Selecting", 3, 61, 0)
     assert run["rounds"] == rounds and run["searchRecord"] == "s3://kiln/r1/search/halving.json"
 
@@ -383,7 +385,7 @@ def test_the_selection_steps_counts_are_the_runs_final_ones():
           "signature": {"inputs": [{"name": "x", "type": "number"}]}, "metrics": {"accuracy": 0.97}}
     tp, obs = select_done({"result": "Succeeded", "modelVersion": mv,
                            "trials": {"planned": 24, "succeeded": 17, "failed": 7, "stopped": 0}})
-    run = pipelines.plan(tp, obs, CFG, NOW).status["runs"][0]
+    run = pipelines.plan(parse(tp), obs, CFG, NOW).status["runs"][0]
     assert (run["trialsSucceeded"], run["trialsFailed"], run["trialsStopped"]) == (17, 7, 0)
 
 
@@ -406,14 +408,14 @@ def test_the_crd_refuses_halving_settings_that_cannot_work():
 def select_done(summary: dict) -> tuple[dict, pipelines.Observed]:
     tp = running(example("02-trainingpipeline.yaml"), phase="Selecting")
     view = JobView(job("Complete" if summary["result"] != "Failed" else "Failed", 1), {0: summary})
-    return tp, observed(ready_dataset(), {training.run_job_name(tp, "r1", "select"): view})
+    return tp, observed(ready_dataset(), {training.run_job_name(parse(tp), "r1", "select"): view})
 
 
 def test_a_passing_selection_asks_the_registry_for_a_model_version():
     mv = {"artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64, "format": "skops"},
           "signature": {"inputs": [{"name": "x", "type": "number"}]}, "metrics": {"accuracy": 0.97}}
     tp, obs = select_done({"result": "Succeeded", "modelVersion": mv, "metrics": {"accuracy": 0.97}})
-    result = pipelines.plan(tp, obs, CFG, NOW)
+    result = pipelines.plan(parse(tp), obs, CFG, NOW)
     assert result.register == [("r1", mv)]
     assert result.status["runs"][0]["phase"] == "Registering"
 
@@ -421,14 +423,14 @@ def test_a_passing_selection_asks_the_registry_for_a_model_version():
 def test_a_failed_gate_creates_nothing_and_quotes_the_numbers():
     message = "gate accuracy >= 0.99 failed: best trial reached 0.9474 (short by 0.0426)"
     tp, obs = select_done({"result": "GateFailed", "message": message})
-    result = pipelines.plan(tp, obs, CFG, NOW)
+    result = pipelines.plan(parse(tp), obs, CFG, NOW)
     assert result.register == []
     assert conditions(result)["Ready"] == ("False", "RunGateFailed", f"run r1: {message}")
 
 
 def test_a_truncated_selection_summary_fails_the_run_instead_of_registering_half_a_model():
     tp, obs = select_done({"result": "Succeeded", "modelVersion": {"metrics": {}}, "manifestUri": "s3://m"})
-    result = pipelines.plan(tp, obs, CFG, NOW)
+    result = pipelines.plan(parse(tp), obs, CFG, NOW)
     assert result.register == [] and result.status["runs"][0]["phase"] == "Failed"
 
 
@@ -441,27 +443,27 @@ def finished(tp: dict, n: int) -> dict:
 
 def test_a_new_dataset_version_starts_a_run_when_asked_to():
     tp = finished(example("02-trainingpipeline.yaml"), 1)
-    result = pipelines.plan(tp, observed(ready_dataset("cd" * 32)), CFG, NOW)
+    result = pipelines.plan(parse(tp), observed(ready_dataset("cd" * 32)), CFG, NOW)
     assert result.status["runs"][-1]["trigger"] == "datasetChange"
     tp["spec"]["triggers"] = {"onDatasetChange": False}
-    assert pipelines.plan(tp, observed(ready_dataset("cd" * 32)), CFG, NOW).apply == []
+    assert pipelines.plan(parse(tp), observed(ready_dataset("cd" * 32)), CFG, NOW).apply == []
 
 
 def test_a_run_request_starts_once_and_respects_forbid():
     tp = finished(example("02-trainingpipeline.yaml"), 1)
     tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "manual-2026-11-23T10:00:00Z"}
-    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    result = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW)
     assert result.status["runs"][-1]["trigger"] == "requested"
     assert result.status["lastRunRequest"] == "manual-2026-11-23T10:00:00Z"
     # The same request seen again (the next timer tick) starts nothing.
     tp["status"].update(result.status)
     tp["status"]["runs"][-1]["phase"] = "Succeeded"
-    assert pipelines.plan(tp, observed(ready_dataset()), CFG, NOW).apply == []
+    assert pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW).apply == []
     # A new request while a run is active is skipped under Forbid, with an Event saying so.
     busy = running(example("02-trainingpipeline.yaml"), run_id="r2")
     busy["metadata"]["annotations"] = {"kiln.dev/run-requested": "manual-1"}
-    name = training.run_job_name(busy, "r2", "trials")
-    skipped = pipelines.plan(busy, observed(ready_dataset(), {name: JobView(job())}), CFG, NOW)
+    name = training.run_job_name(parse(busy), "r2", "trials")
+    skipped = pipelines.plan(parse(busy), observed(ready_dataset(), {name: JobView(job())}), CFG, NOW)
     assert skipped.apply == [] and any(e[1] == "RunSkipped" for e in skipped.events)
 
 
@@ -475,7 +477,7 @@ def champion(version: str = VERSION) -> dict:
 def test_a_drift_run_first_asks_the_dataset_for_its_newest_data_and_waits():
     tp = finished(example("02-trainingpipeline.yaml"), 1)
     tp["metadata"]["annotations"] = {"kiln.dev/run-requested": "drift-2026-11-23T10:00:00Z"}
-    waiting = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    waiting = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW)
     assert waiting.refresh == "drift-2026-11-23T10:00:00Z" and waiting.apply == []
     assert conditions(waiting)["Ready"][:2] == ("False", "WaitingForData")
     assert "lastRunRequest" not in waiting.status  # the request stands until the data answered it
@@ -491,8 +493,8 @@ def test_a_drift_run_on_new_data_trains_on_its_snapshot_against_the_serving_mode
         {"version": VERSION, "snapshotUri": "s3://kiln/v1.parquet", "snapshotSha256": "1" * 64},
         {"version": newer, "snapshotUri": "s3://kiln/v2.parquet", "snapshotSha256": "2" * 64}])
     seen = observed(ds)
-    seen.champion = champion(VERSION)
-    result = pipelines.plan(tp, seen, CFG, NOW)
+    seen.champion = parse(champion(VERSION))
+    result = pipelines.plan(parse(tp), seen, CFG, NOW)
     run = result.status["runs"][-1]
     assert run["trigger"] == "drift" and run["datasetVersion"] == newer
     config = json.loads(result.apply[0]["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
@@ -508,8 +510,8 @@ def test_a_drift_run_on_the_data_the_serving_model_was_trained_on_is_skipped():
     ds = ready_dataset()
     ds["status"]["lastRefresh"] = "drift-2026-11-23T10:00:00Z"
     seen = observed(ds)
-    seen.champion = champion(VERSION)
-    result = pipelines.plan(tp, seen, CFG, NOW)
+    seen.champion = parse(champion(VERSION))
+    result = pipelines.plan(parse(tp), seen, CFG, NOW)
     assert result.apply == [] and result.status["lastRunRequest"] == "drift-2026-11-23T10:00:00Z"
     assert any(e[1] == "RunSkipped" and "learn nothing new" in e[2] for e in result.events)
 
@@ -521,22 +523,23 @@ def test_a_pinned_version_trains_again_on_its_snapshot_or_says_it_is_gone():
     ds["status"]["versions"] = [{"version": VERSION, "snapshotUri": "s3://kiln/v1.parquet",
                                  "snapshotSha256": "1" * 64}, {"version": "cd" * 32}]
     tp["spec"]["datasetVersion"] = VERSION
-    result = pipelines.plan(tp, observed(ds), CFG, NOW)
+    result = pipelines.plan(parse(tp), observed(ds), CFG, NOW)
     assert result.status["runs"][-1]["datasetVersion"] == VERSION
     config = json.loads(result.apply[0]["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
     assert config["datasetSnapshot"]["uri"] == "s3://kiln/v1.parquet"
     tp["spec"]["datasetVersion"] = "ef" * 32
-    gone = pipelines.plan(tp, observed(ds), CFG, NOW)
+    gone = pipelines.plan(parse(tp), observed(ds), CFG, NOW)
     assert gone.apply == [] and conditions(gone)["Ready"][:2] == ("False", "DatasetVersionNotFound")
 
 
 def test_the_model_to_beat_is_production_else_what_a_service_serves():
-    staged = registered("Staging")
+    staged = parse(registered("Staging"))
     isvc = {"status": {"modelVersion": "iris-v1"}}
     assert registry.serving_version([staged], [], "iris") is None
     assert registry.serving_version([staged], [isvc], "iris") is staged
-    prod = copy.deepcopy(staged)
+    prod = copy.deepcopy(staged.body)
     prod["metadata"]["name"], prod["spec"]["stage"], prod["spec"]["version"] = "iris-v2", "Production", 2
+    prod = parse(prod)
     assert registry.serving_version([staged, prod], [isvc], "iris") is prod
 
 
@@ -544,8 +547,8 @@ def test_replace_cancels_the_active_run_and_starts_another():
     busy = running(example("02-trainingpipeline.yaml"), run_id="r2")
     busy["spec"]["concurrencyPolicy"] = "Replace"
     busy["metadata"]["annotations"] = {"kiln.dev/run-requested": "manual-1"}
-    name = training.run_job_name(busy, "r2", "trials")
-    result = pipelines.plan(busy, observed(ready_dataset(), {name: JobView(job())}), CFG, NOW)
+    name = training.run_job_name(parse(busy), "r2", "trials")
+    result = pipelines.plan(parse(busy), observed(ready_dataset(), {name: JobView(job())}), CFG, NOW)
     assert [r["phase"] for r in result.status["runs"]] == ["Cancelled", "Running"]
     assert ("batch/v1", "Job", name) in result.delete
 
@@ -553,18 +556,18 @@ def test_replace_cancels_the_active_run_and_starts_another():
 def test_run_history_is_pruned_with_its_jobs():
     tp = finished(example("02-trainingpipeline.yaml"), 7)
     tp["spec"]["runHistoryLimit"] = 5
-    result = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    result = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW)
     assert [r["id"] for r in result.status["runs"]] == ["r3", "r4", "r5", "r6", "r7"]
-    assert ("batch/v1", "Job", training.run_job_name(tp, "r1", "trials")) in result.delete
+    assert ("batch/v1", "Job", training.run_job_name(parse(tp), "r1", "trials")) in result.delete
 
 
 def test_a_schedule_starts_runs_when_due():
     tp = finished(example("02-trainingpipeline.yaml"), 1)
     tp["spec"]["schedule"] = "0 3 * * *"
-    first = pipelines.plan(tp, observed(ready_dataset()), CFG, NOW)
+    first = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW)
     assert first.apply == [] and first.status["nextRun"] == "2026-11-24T03:00:00Z"
     tp["status"]["nextRun"] = first.status["nextRun"]
-    due = pipelines.plan(tp, observed(ready_dataset()), CFG, "2026-11-24T03:00:01Z")
+    due = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, "2026-11-24T03:00:01Z")
     assert due.status["runs"][-1]["trigger"] == "schedule"
     assert due.status["nextRun"] == "2026-11-25T03:00:00Z"
 
@@ -595,7 +598,7 @@ def test_a_summary_cut_to_fit_the_termination_message_is_completed_from_the_logs
     (found,) = termination_summaries([pod], lambda p: logs[p["metadata"]["name"]]).values()
     assert found == whole
     tp, obs = select_done(found)
-    assert pipelines.plan(tp, obs, CFG, NOW).register[0][1]["signature"]["inputs"] == inputs
+    assert pipelines.plan(parse(tp), obs, CFG, NOW).register[0][1]["signature"]["inputs"] == inputs
     # Logs that lost the line (the pod is gone, or another run's) leave the cut summary, which fails the run.
     logs["p"] = json.dumps({**whole, "command": "trial"})
     assert termination_summaries([pod], lambda p: logs["p"])[0] == cut
@@ -609,21 +612,22 @@ def test_a_cut_shard_summary_is_completed_only_by_that_shards_line():
 
 
 def test_promotion_archives_only_the_versions_runs_registered():
-    def version(n, stage, by_run=True):
+    def version(n, stage, by_run=True, model="iris"):
         labels = {"app.kubernetes.io/managed-by": "kiln-operator"} if by_run else {}
-        return {"metadata": {"name": f"iris-v{n}", "labels": labels},
-                "spec": {"modelName": "iris", "version": n, "stage": stage}}
+        return parse(registered(stage, version=n, model=model, labels=labels))
 
     mvs = [version(1, "Production"), version(2, "Production", by_run=False), version(3, "Staging"),
-           version(4, "Production"), {"metadata": {"name": "wine-v1"}, "spec": {"modelName": "wine", "stage": "Production"}}]
+           version(4, "Production"), version(1, "Production", model="wine")]
     assert registry.to_archive(mvs, "iris", keep="iris-v4") == ["iris-v1"]
 
 
-def registered(stage="Staging", verified=True, history=None) -> dict:
+def registered(stage="Staging", verified=True, history=None, version=1, model="iris", labels=None) -> dict:
     mv = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
-          "metadata": {"name": "iris-v1", "namespace": "ml", "uid": "mv-1", "generation": 2},
-          "spec": {"modelName": "iris", "version": 1, "stage": stage,
-                   "artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64}},
+          "metadata": {"name": f"{model}-v{version}", "namespace": "ml", "uid": f"mv-{version}", "generation": 2,
+                       "labels": labels or {}},
+          "spec": {"modelName": model, "version": version, "stage": stage, "framework": {"version": "1.6.1"},
+                   "artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64},
+                   "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}}},
           "status": {"stageHistory": history or []}}
     if verified:
         mv["status"]["verifiedSha256"] = "c" * 64
@@ -635,28 +639,28 @@ def test_a_version_lists_the_services_that_serve_it():
     isvcs = [{"metadata": {"name": "b"}, "status": {"canaryVersion": "iris-v1"}},
              {"metadata": {"name": "a"}, "status": {"modelVersion": "iris-v1"}},
              {"metadata": {"name": "c"}, "status": {"modelVersion": "iris-v2"}}]
-    assert registry.served_by(mv, isvcs) == ["a", "b"]
-    result = registry.plan_model_version(mv, JobView(None), CFG, NOW, registry.served_by(mv, isvcs))
+    assert registry.served_by(parse(mv), isvcs) == ["a", "b"]
+    result = registry.plan_model_version(parse(mv), JobView(None), CFG, NOW, registry.served_by(parse(mv), isvcs))
     assert result.status["servedBy"] == ["a", "b"]
 
 
 def test_a_stage_change_is_recorded_in_the_history_with_an_event():
     mv = registered("Production", history=[{"stage": "Staging", "time": "2026-11-22T10:00:00Z"}])
-    result = registry.plan_model_version(mv, JobView(None), CFG, NOW)
+    result = registry.plan_model_version(parse(mv), JobView(None), CFG, NOW)
     assert result.status["stageHistory"][-1] == {"stage": "Production", "time": NOW}
     assert ("Normal", "StageChanged", "iris-v1: Staging -> Production") in result.events
     mv["status"]["stageHistory"] = result.status["stageHistory"]
-    assert registry.plan_model_version(mv, JobView(None), CFG, NOW).events == []
+    assert registry.plan_model_version(parse(mv), JobView(None), CFG, NOW).events == []
 
 
 def test_a_model_version_is_ready_only_after_a_job_checked_its_digest():
     mv = registered(verified=False)
-    start = registry.plan_model_version(mv, JobView(None), CFG, NOW)
+    start = registry.plan_model_version(parse(mv), JobView(None), CFG, NOW)
     (verify,) = start.apply
     assert verify["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "kiln-train", "verify", "--uri", "s3://kiln/m.skops", "--sha256", "c" * 64]
     assert conditions(start)["Ready"][:2] == ("False", "Verifying")
-    done = registry.plan_model_version(mv, JobView(job("Complete", 1), {0: {"result": "Succeeded"}}), CFG, NOW)
+    done = registry.plan_model_version(parse(mv), JobView(job("Complete", 1), {0: {"result": "Succeeded"}}), CFG, NOW)
     assert done.status["verifiedSha256"] == "c" * 64
     assert conditions(done)["Verified"][0] == conditions(done)["Ready"][0] == "True"
 
@@ -665,7 +669,7 @@ def test_the_onnx_file_is_verified_too_and_unsafe_formats_only_when_allowed():
     mv = registered(verified=False)
     mv["spec"]["artifact"].update(format="joblib", allowUnsafe=True,
                                   onnx={"uri": "s3://kiln/m.onnx", "sha256": "d" * 64})
-    (verify,) = registry.plan_model_version(mv, JobView(None), CFG, NOW).apply
+    (verify,) = registry.plan_model_version(parse(mv), JobView(None), CFG, NOW).apply
     command = verify["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[2:] == ["--uri", "s3://kiln/m.skops", "--sha256", "c" * 64,
                            "--uri", "s3://kiln/m.onnx", "--sha256", "d" * 64, "--allow-unsafe"]
@@ -674,7 +678,7 @@ def test_the_onnx_file_is_verified_too_and_unsafe_formats_only_when_allowed():
 def test_a_digest_mismatch_marks_the_model_version_failed_with_the_reason():
     mv = registered(verified=False)
     summary = {"result": "Failed", "reason": "DigestMismatch", "message": "expected sha256 cccc, got 1234"}
-    result = registry.plan_model_version(mv, JobView(job("Failed"), {0: summary}), CFG, NOW)
+    result = registry.plan_model_version(parse(mv), JobView(job("Failed"), {0: summary}), CFG, NOW)
     assert conditions(result)["Ready"] == ("False", "DigestMismatch", "expected sha256 cccc, got 1234")
     assert "verifiedSha256" not in result.status
 
@@ -682,7 +686,6 @@ def test_a_digest_mismatch_marks_the_model_version_failed_with_the_reason():
 @pytest.mark.parametrize("stages, expected", [
     (["Production", "Archived", "Production"], "iris-v3"), (["Staging", "None"], None)])
 def test_the_production_version_is_the_newest_in_production(stages, expected):
-    mvs = [{"metadata": {"name": f"iris-v{i}"}, "spec": {"modelName": "iris", "version": i, "stage": s}}
-           for i, s in enumerate(stages, start=1)]
+    mvs = [parse(registered(s, version=i)) for i, s in enumerate(stages, start=1)]
     found = registry.production_version(mvs, "iris")
-    assert (found and found["metadata"]["name"]) == expected
+    assert (found and found.name) == expected

@@ -32,6 +32,18 @@ def defaulted(model: type[BaseModel]) -> Any:
     return Field(default_factory=model, json_schema_extra={"default": default})
 
 
+def served(value: Any) -> Any:
+    """A value as the apiserver serves it back: JSON has one kind of number and Go writes 1.0 as 1, so a
+    whole float comes back an int. What is rendered from a model then reads as it did from the stored object."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: served(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [served(v) for v in value]
+    return value
+
+
 class ApiModel(BaseModel):
     """Base of every API object: camelCase on the wire, field docstrings become schema descriptions."""
 
@@ -44,7 +56,7 @@ class ApiModel(BaseModel):
 
     def wire(self) -> dict[str, Any]:
         """The object as Kubernetes stores it: camelCase keys, unset optional fields left out."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        return served(self.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
 
 class LocalObjectReference(ApiModel):

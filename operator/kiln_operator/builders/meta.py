@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ..api.base import PodSettings
 from ..api.kinds import API_VERSION
+from ..validation import Parsed
 
 PART_OF = "kiln"
 MANAGED_BY = "kiln-operator"
@@ -18,11 +20,11 @@ LABEL_ROLE = "kiln.dev/role"
 ANNOTATION_RUN_REQUEST = "kiln.dev/run-requested"
 
 
-def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
-    meta = owner["metadata"]
+def owner_reference(owner: Parsed) -> dict[str, Any]:
+    meta = owner.body["metadata"]
     return {
-        "apiVersion": owner.get("apiVersion", API_VERSION),
-        "kind": owner["kind"],
+        "apiVersion": owner.body.get("apiVersion", API_VERSION),
+        "kind": owner.body["kind"],
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,
@@ -30,23 +32,23 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def labels(owner: dict[str, Any], component: str, **extra: str) -> dict[str, str]:
+def labels(owner: Parsed, component: str, **extra: str) -> dict[str, str]:
     result = {
         "app.kubernetes.io/name": component,
-        "app.kubernetes.io/instance": owner["metadata"]["name"],
+        "app.kubernetes.io/instance": owner.name,
         "app.kubernetes.io/part-of": PART_OF,
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_KIND: owner["kind"].lower(),
-        LABEL_OWNER: owner["metadata"]["name"],
+        LABEL_KIND: owner.body["kind"].lower(),
+        LABEL_OWNER: owner.name,
     }
     result.update({k: v for k, v in extra.items()})
     return result
 
 
-def child_metadata(owner: dict[str, Any], name: str, component: str, **extra_labels: str) -> dict[str, Any]:
+def child_metadata(owner: Parsed, name: str, component: str, **extra_labels: str) -> dict[str, Any]:
     return {
         "name": name,
-        "namespace": owner["metadata"]["namespace"],
+        "namespace": owner.namespace,
         "labels": labels(owner, component, **extra_labels),
         "ownerReferences": [owner_reference(owner)],
     }
@@ -61,31 +63,31 @@ def short_name(*parts: str, limit: int = 63) -> str:
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
-def pod_metadata(settings: dict[str, Any] | None, labels: dict[str, str],
+def pod_metadata(settings: PodSettings | None, labels: dict[str, str],
                  annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """A pod template's metadata: the user's labels and annotations (`spec.pod`) under Kiln's own, which
     win, so selectors and Kiln's scrape annotations hold whatever the user sets."""
-    settings = settings or {}
-    meta: dict[str, Any] = {"labels": {**(settings.get("labels") or {}), **labels}}
-    merged = {**(settings.get("annotations") or {}), **(annotations or {})}
+    settings = settings or PodSettings()
+    meta: dict[str, Any] = {"labels": {**(settings.labels or {}), **labels}}
+    merged = {**(settings.annotations or {}), **(annotations or {})}
     if merged:
         meta["annotations"] = merged
     return meta
 
 
-def with_pod_settings(pod_spec: dict[str, Any], settings: dict[str, Any] | None,
+def with_pod_settings(pod_spec: dict[str, Any], settings: PodSettings | None,
                       service_account: str | None = None) -> dict[str, Any]:
     """A pod spec with the user's ServiceAccount, node selector and tolerations (`spec.pod`);
     `service_account` is a fallback for when `spec.pod` names none."""
-    settings = settings or {}
-    account = settings.get("serviceAccountName") or service_account
+    settings = settings or PodSettings()
+    account = settings.service_account_name or service_account
     extra: dict[str, Any] = {}
     if account:
         extra["serviceAccountName"] = account
-    if settings.get("nodeSelector"):
-        extra["nodeSelector"] = dict(settings["nodeSelector"])
-    if settings.get("tolerations"):
-        extra["tolerations"] = [dict(t) for t in settings["tolerations"]]
+    if settings.node_selector:
+        extra["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        extra["tolerations"] = [t.wire() for t in settings.tolerations]
     return {**pod_spec, **extra}
 
 

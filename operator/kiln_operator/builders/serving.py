@@ -17,7 +17,10 @@ import json
 import math
 from typing import Any
 
+from ..api import InferenceServiceSpec, ModelVersionSpec
+from ..api.base import served
 from ..config import OperatorConfig
+from ..validation import Parsed
 from .meta import LABEL_MODEL, LABEL_ROLE, LABEL_VERSION, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, \
     pod_metadata, short_name, with_pod_settings
 
@@ -31,17 +34,21 @@ HANDOFF_DIR = "/var/run/kiln"
 COMPONENT = "kiln-serve"
 
 
-def deployment_name(isvc: dict[str, Any], role: str) -> str:
-    return short_name(isvc["metadata"]["name"], role)
+Isvc = Parsed[InferenceServiceSpec]
+Mv = Parsed[ModelVersionSpec]
 
 
-def service_name(isvc: dict[str, Any]) -> str:
-    return isvc["metadata"]["name"]
+def deployment_name(isvc: Isvc, role: str) -> str:
+    return short_name(isvc.name, role)
 
 
-def selector(isvc: dict[str, Any]) -> dict[str, str]:
+def service_name(isvc: Isvc) -> str:
+    return isvc.name
+
+
+def selector(isvc: Isvc) -> dict[str, str]:
     """Pods of every role: the Service spreads requests over them, so replicas set the traffic split."""
-    return {"app.kubernetes.io/name": COMPONENT, "app.kubernetes.io/instance": isvc["metadata"]["name"]}
+    return {"app.kubernetes.io/name": COMPONENT, "app.kubernetes.io/instance": isvc.name}
 
 
 def split_replicas(total_min: int, canary_percent: int) -> tuple[int, int]:
@@ -57,90 +64,87 @@ def split_replicas(total_min: int, canary_percent: int) -> tuple[int, int]:
 
 
 def _env(pairs: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"name": k, "value": str(v)} for k, v in pairs.items() if v is not None]
+    # Numbers as the stored object had them (1, not 1.0): the manifest's hash must not move.
+    return [{"name": k, "value": str(served(v))} for k, v in pairs.items() if v is not None]
 
 
-def server_env(isvc_spec: dict[str, Any], mv: dict[str, Any], monitored: bool = True) -> list[dict[str, str]]:
-    spec = mv["spec"]
-    artifact = spec["artifact"]
-    onnx = artifact.get("onnx") or {}
-    use_onnx = bool(onnx.get("parityVerified"))
-    batching = isvc_spec.get("batching", {})
+def server_env(isvc_spec: InferenceServiceSpec, mv: ModelVersionSpec, monitored: bool = True) -> list[dict[str, str]]:
+    artifact = mv.artifact
+    onnx = artifact.onnx if artifact.onnx and artifact.onnx.parity_verified else None
     return _env({
-        "KILN_MODEL_NAME": spec["modelName"],
-        "KILN_MODEL_VERSION": spec["version"],
-        "KILN_MODEL_URI": artifact["uri"],
-        "KILN_MODEL_SHA256": artifact["sha256"],
-        "KILN_MODEL_FORMAT": artifact.get("format", "skops"),
-        "KILN_ALLOW_UNSAFE": "true" if artifact.get("allowUnsafe") else "false",
-        "KILN_ONNX_URI": onnx.get("uri") if use_onnx else None,
-        "KILN_ONNX_SHA256": onnx.get("sha256") if use_onnx else None,
-        "KILN_SIGNATURE": json.dumps(spec["signature"], separators=(",", ":"), sort_keys=True),
+        "KILN_MODEL_NAME": mv.model_name,
+        "KILN_MODEL_VERSION": mv.version,
+        "KILN_MODEL_URI": artifact.uri,
+        "KILN_MODEL_SHA256": artifact.sha256,
+        "KILN_MODEL_FORMAT": artifact.format,
+        "KILN_ALLOW_UNSAFE": "true" if artifact.allow_unsafe else "false",
+        "KILN_ONNX_URI": onnx.uri if onnx else None,
+        "KILN_ONNX_SHA256": onnx.sha256 if onnx else None,
+        "KILN_SIGNATURE": json.dumps(mv.signature.wire(), separators=(",", ":"), sort_keys=True),
         "KILN_PORT": SERVER_PORT,
-        "KILN_MAX_BATCH_SIZE": batching.get("maxBatchSize", 32),
-        "KILN_MAX_LATENCY_MS": batching.get("maxLatencyMs", 2),
+        "KILN_MAX_BATCH_SIZE": isvc_spec.batching.max_batch_size,
+        "KILN_MAX_LATENCY_MS": isvc_spec.batching.max_latency_ms,
         # Without a sidecar every row would be counted as a dropped hand-off.
         "KILN_HANDOFF_SOCKET": f"{HANDOFF_DIR}/handoff.sock" if monitored else "off",
         # Feedback is joined by the sidecar, which holds the answers; the server only relays it.
-        "KILN_MONITOR_URL": f"http://127.0.0.1:{MONITOR_PORT}" if monitored and isvc_spec.get("feedback") else None,
+        "KILN_MONITOR_URL": f"http://127.0.0.1:{MONITOR_PORT}" if monitored and isvc_spec.feedback else None,
     })
 
 
-def monitor_env(isvc_spec: dict[str, Any], mv: dict[str, Any]) -> list[dict[str, str]]:
-    drift = isvc_spec.get("monitoring", {}).get("drift", {})
-    logging = isvc_spec.get("logging") or {}
-    feedback = isvc_spec.get("feedback")
-    output = mv["spec"].get("signature", {}).get("output", {})
+def monitor_env(isvc_spec: InferenceServiceSpec, mv: ModelVersionSpec) -> list[dict[str, str]]:
+    drift = isvc_spec.monitoring.drift
+    logging = isvc_spec.logging
+    feedback = isvc_spec.feedback
+    output = mv.signature.output
     payload_env = {
-        "KILN_PAYLOAD_URI": logging.get("uri"),
-        "KILN_PAYLOAD_SAMPLE_RATE": logging.get("sampleRate", 1.0),
-        "KILN_PAYLOAD_FLUSH_SECONDS": logging.get("flushSeconds", 60),
-    } if logging else {}
+        "KILN_PAYLOAD_URI": logging.uri,
+        "KILN_PAYLOAD_SAMPLE_RATE": logging.sample_rate,
+        "KILN_PAYLOAD_FLUSH_SECONDS": logging.flush_seconds,
+    } if logging is not None else {}
     feedback_env = {
-        "KILN_FEEDBACK_TTL_SECONDS": feedback.get("ttlSeconds", 3600),
-        "KILN_QUALITY_WINDOW_ROWS": feedback.get("windowRows", 1000),
-        "KILN_LABELLED_URI": feedback.get("labelledUri"),
+        "KILN_FEEDBACK_TTL_SECONDS": feedback.ttl_seconds,
+        "KILN_QUALITY_WINDOW_ROWS": feedback.window_rows,
+        "KILN_LABELLED_URI": feedback.labelled_uri,
         # Labelled rows become training data: their label column is named as the model's target.
-        "KILN_LABEL_COLUMN": output.get("name"),
-        "KILN_TASK": "classification" if output.get("type") == "label" else "regression",
+        "KILN_LABEL_COLUMN": output.name,
+        "KILN_TASK": "classification" if output.type == "label" else "regression",
     } if feedback is not None else {}
     return _env({
-        "KILN_MODEL_NAME": mv["spec"]["modelName"],
-        "KILN_MODEL_VERSION": mv["spec"]["version"],
-        "KILN_BASELINE_URI": mv["spec"].get("baselineUri"),
+        "KILN_MODEL_NAME": mv.model_name,
+        "KILN_MODEL_VERSION": mv.version,
+        "KILN_BASELINE_URI": mv.baseline_uri,
         "KILN_HANDOFF_SOCKET": f"{HANDOFF_DIR}/handoff.sock",
         "KILN_MONITOR_PORT": MONITOR_PORT,
-        "KILN_MONITOR_WINDOW_ROWS": drift.get("windowRows", 2000),
-        "KILN_MONITOR_PSI_THRESHOLD": drift.get("psiThreshold", 0.2),
+        "KILN_MONITOR_WINDOW_ROWS": drift.window_rows,
+        "KILN_MONITOR_PSI_THRESHOLD": drift.psi_threshold,
         **payload_env,
         **feedback_env,
     })
 
 
-def _resources(spec: dict[str, Any]) -> dict[str, Any]:
+def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
     # Requests are needed for the CPU autoscaler to have a denominator.
-    return spec.get("resources") or {"requests": {"cpu": "250m", "memory": "256Mi"},
-                                     "limits": {"memory": "1Gi"}}
+    return (spec.resources and spec.resources.wire()) or {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                                          "limits": {"memory": "1Gi"}}
 
 
-def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: OperatorConfig) -> dict[str, Any]:
+def deployment(isvc: Isvc, mv: Mv, role: str, cfg: OperatorConfig) -> dict[str, Any]:
     """The Deployment of one role. It sets no `replicas`: the HPA owns that field (its minReplicas
     realises the canary split), and an applied replica count would fight it on every reconcile."""
-    spec = isvc["spec"]
+    spec = isvc.spec
     name = deployment_name(isvc, role)
-    version_labels = {LABEL_MODEL: mv["spec"]["modelName"], LABEL_VERSION: mv["metadata"]["name"], LABEL_ROLE: role}
+    version_labels = {LABEL_MODEL: mv.spec.model_name, LABEL_VERSION: mv.name, LABEL_ROLE: role}
     meta = child_metadata(isvc, name, COMPONENT, **version_labels)
     pod_labels = {**selector(isvc), **version_labels, "app.kubernetes.io/part-of": "kiln"}
     # The sidecar watches drift, and is also what writes payload logs and joins feedback.
-    sidecar_work = spec.get("monitoring", {}).get("drift", {}).get("enabled", True) or spec.get("logging") \
-        or spec.get("feedback") is not None
-    drift_on = sidecar_work and mv["spec"].get("baselineUri")
+    sidecar_work = spec.monitoring.drift.enabled or spec.logging is not None or spec.feedback is not None
+    drift_on = bool(sidecar_work and mv.spec.baseline_uri)
     server = {
         "name": "server",
         "image": cfg.runtime_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["kiln-serve"],
-        "env": server_env(spec, mv, monitored=bool(drift_on)) + cfg.store_env(),
+        "env": server_env(spec, mv.spec, monitored=drift_on) + cfg.store_env(),
         "envFrom": cfg.store_env_from(),
         "ports": [{"name": "http", "containerPort": SERVER_PORT}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -161,7 +165,7 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: Operato
             "image": cfg.runtime_image,
             "imagePullPolicy": cfg.image_pull_policy,
             "command": ["kiln-monitor"],
-            "env": monitor_env(spec, mv) + cfg.store_env(),
+            "env": monitor_env(spec, mv.spec) + cfg.store_env(),
             "envFrom": cfg.store_env_from(),
             "ports": [{"name": "monitor", "containerPort": MONITOR_PORT}],
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": "monitor"}, "periodSeconds": 5},
@@ -175,12 +179,12 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: Operato
         "metadata": meta,
         "spec": {
             "selector": {"matchLabels": {**selector(isvc), LABEL_ROLE: role}},
-            "progressDeadlineSeconds": spec.get("rollout", {}).get("progressDeadlineSeconds", 300),
+            "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             # spec.pod: the user's ServiceAccount, scheduling, labels and annotations; Kiln's labels
             # (the selector's among them) and prometheus.io/* annotations win over the user's.
             "template": {
-                "metadata": pod_metadata(spec.get("pod"), pod_labels, {
+                "metadata": pod_metadata(spec.pod, pod_labels, {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(SERVER_PORT),
                     "prometheus.io/path": "/metrics"}),
                 "spec": with_pod_settings({
@@ -191,13 +195,13 @@ def deployment(isvc: dict[str, Any], mv: dict[str, Any], role: str, cfg: Operato
                     "containers": containers,
                     "volumes": [{"name": "handoff", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
-                }, spec.get("pod")),
+                }, spec.pod),
             },
         },
     }
 
 
-def service(isvc: dict[str, Any]) -> dict[str, Any]:
+def service(isvc: Isvc) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -210,16 +214,16 @@ def service(isvc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def role_service_name(isvc: dict[str, Any], role: str) -> str:
-    return short_name(isvc["metadata"]["name"], role)
+def role_service_name(isvc: Isvc, role: str) -> str:
+    return short_name(isvc.name, role)
 
 
-def role_service_label_selector(isvc: dict[str, Any]) -> str:
+def role_service_label_selector(isvc: Isvc) -> str:
     """Finds the role Services (and not the all-pods Service, which has no role label)."""
     return ",".join([*(f"{k}={v}" for k, v in selector(isvc).items()), LABEL_ROLE])
 
 
-def role_service(isvc: dict[str, Any], role: str) -> dict[str, Any]:
+def role_service(isvc: Isvc, role: str) -> dict[str, Any]:
     """A Service of one role's pods only: a backend the HTTPRoute can weigh on its own."""
     return {
         "apiVersion": "v1",
@@ -241,17 +245,13 @@ def route_weights(canary_percent: int | None) -> dict[str, int]:
     return {"primary": 100 - canary_percent, "canary": canary_percent}
 
 
-def _parent_ref(ref: dict[str, Any]) -> dict[str, Any]:
-    # Group and kind are left to the CRD's defaults (a Gateway): only what the user said is applied.
-    return {k: ref[k] for k in ("name", "namespace", "sectionName") if ref.get(k)}
-
-
-def http_route(isvc: dict[str, Any], weights: dict[str, int]) -> dict[str, Any]:
+def http_route(isvc: Isvc, weights: dict[str, int]) -> dict[str, Any]:
     """The HTTPRoute `<name>`: one rule, every path, the role Services weighed by `weights`."""
-    gateway = isvc["spec"]["gateway"]
-    spec: dict[str, Any] = {"parentRefs": [_parent_ref(r) for r in gateway["parentRefs"]]}
-    if gateway.get("hostnames"):
-        spec["hostnames"] = list(gateway["hostnames"])
+    gateway = isvc.spec.gateway
+    # Group and kind are left to the CRD's defaults (a Gateway): only what the user said is applied.
+    spec: dict[str, Any] = {"parentRefs": [r.wire() for r in gateway.parent_refs]}
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
     spec["rules"] = [{"backendRefs": [{"name": role_service_name(isvc, role), "port": SERVICE_PORT, "weight": weight}
                                       for role, weight in weights.items()]}]
     return {
@@ -262,21 +262,21 @@ def http_route(isvc: dict[str, Any], weights: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def service_url(isvc: dict[str, Any]) -> str:
-    return f"http://{service_name(isvc)}.{isvc['metadata']['namespace']}.svc.cluster.local"
+def service_url(isvc: Isvc) -> str:
+    return f"http://{service_name(isvc)}.{isvc.namespace}.svc.cluster.local"
 
 
-def hpa(isvc: dict[str, Any], role: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
-    scaling = isvc["spec"].get("autoscaling", {})
+def hpa(isvc: Isvc, role: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    scaling = isvc.spec.autoscaling
     metrics: list[dict[str, Any]] = [{
         "type": "Resource",
         "resource": {"name": "cpu", "target": {"type": "Utilization",
-                                               "averageUtilization": scaling.get("targetCpuUtilization", 70)}},
+                                               "averageUtilization": scaling.target_cpu_utilization}},
     }]
-    if scaling.get("targetRequestsPerSecond"):
+    if scaling.target_requests_per_second:
         metrics.append({"type": "Pods", "pods": {
             "metric": {"name": "kiln_requests_per_second"},
-            "target": {"type": "AverageValue", "averageValue": str(scaling["targetRequestsPerSecond"])}}})
+            "target": {"type": "AverageValue", "averageValue": str(scaling.target_requests_per_second)}}})
     name = deployment_name(isvc, role)
     return {
         "apiVersion": "autoscaling/v2",
@@ -291,7 +291,7 @@ def hpa(isvc: dict[str, Any], role: str, min_replicas: int, max_replicas: int) -
     }
 
 
-def pdb(isvc: dict[str, Any]) -> dict[str, Any]:
+def pdb(isvc: Isvc) -> dict[str, Any]:
     # maxUnavailable rather than minAvailable: a one-replica service must not block node drains forever.
     return {
         "apiVersion": "policy/v1",

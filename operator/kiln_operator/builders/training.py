@@ -12,7 +12,11 @@ import json
 import math
 from typing import Any
 
+from ..api import DatasetSpec, ModelVersionSpec, TrainingPipelineSpec
+from ..api.base import PodSettings, Resources, served
+from ..api.training import Search
 from ..config import OperatorConfig
+from ..validation import Parsed
 from .meta import LABEL_RUN, RESTRICTED_CONTAINER, RESTRICTED_POD, child_metadata, pod_metadata, short_name, \
     with_pod_settings
 
@@ -23,12 +27,17 @@ COMPONENT = "kiln-train"
 FINISHED_TTL = 24 * 3600
 
 
-def validation_job_name(dataset: dict[str, Any], token: str) -> str:
-    return short_name(dataset["metadata"]["name"], "validate", token)
+Dataset = Parsed[DatasetSpec]
+Pipeline = Parsed[TrainingPipelineSpec]
+Mv = Parsed[ModelVersionSpec]
 
 
-def run_job_name(pipeline: dict[str, Any], run_id: str, step: str) -> str:
-    return short_name(pipeline["metadata"]["name"], run_id, step)
+def validation_job_name(dataset: Dataset, token: str) -> str:
+    return short_name(dataset.name, "validate", token)
+
+
+def run_job_name(pipeline: Pipeline, run_id: str, step: str) -> str:
+    return short_name(pipeline.name, run_id, step)
 
 
 # Marks the ModelVersions runs registered, whose stage the registry may move (registry.to_archive).
@@ -46,7 +55,7 @@ def _env_from(cfg: OperatorConfig, config: dict[str, Any]) -> list[dict[str, Any
 
 
 def _container(cfg: OperatorConfig, args: list[str], config: dict[str, Any],
-               resources: dict[str, Any] | None) -> dict[str, Any]:
+               resources: Resources | None) -> dict[str, Any]:
     return {
         "name": "train",
         "image": cfg.runtime_image,
@@ -55,15 +64,16 @@ def _container(cfg: OperatorConfig, args: list[str], config: dict[str, Any],
         "env": [{"name": "KILN_TRAIN_CONFIG", "value": json.dumps(config, separators=(",", ":"), sort_keys=True)},
                 *cfg.store_env()],
         "envFrom": _env_from(cfg, config),
-        "resources": resources or {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "resources": (resources and resources.wire()) or {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                                          "limits": {"memory": "2Gi"}},
         "securityContext": RESTRICTED_CONTAINER,
         "terminationMessagePolicy": "File",
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
 
 
-def _job(owner: dict[str, Any], name: str, container: dict[str, Any], *, labels: dict[str, str],
-         pod: dict[str, Any] | None = None, service_account: str | None = None,
+def _job(owner: Parsed, name: str, container: dict[str, Any], *, labels: dict[str, str],
+         pod: PodSettings | None = None, service_account: str | None = None,
          extra_spec: dict[str, Any] | None = None, on_permanent: str = "FailJob") -> dict[str, Any]:
     """`pod`: the owner's `spec.pod` (ServiceAccount, scheduling, labels, annotations; Kiln's labels win);
     `service_account`: the ServiceAccount when `pod` names none."""
@@ -93,70 +103,68 @@ def _job(owner: dict[str, Any], name: str, container: dict[str, Any], *, labels:
     }
 
 
-def validation_job(dataset: dict[str, Any], token: str, output: str, cfg: OperatorConfig,
+def validation_job(dataset: Dataset, token: str, output: str, cfg: OperatorConfig,
                    keep_versions: list[str] | None = None) -> dict[str, Any]:
     """`keep_versions`: the snapshots retention keeps; the Job deletes the others under `output`."""
-    config = {"dataset": dataset["spec"], "output": output}
+    config = {"dataset": dataset.body["spec"], "output": output}
     if keep_versions is not None:
         config["keepVersions"] = keep_versions
     job = _job(dataset, validation_job_name(dataset, token),
                _container(cfg, ["validate-dataset"], config, None), labels={"kiln.dev/step": "validate"},
-               pod=dataset["spec"].get("pod"), extra_spec={"backoffLimit": 2})
+               pod=dataset.spec.pod, extra_spec={"backoffLimit": 2})
     return job
 
 
-def run_config(pipeline: dict[str, Any], dataset: dict[str, Any], run_id: str, output: str,
-               production: dict[str, Any] | None, cfg: OperatorConfig,
-               version: dict[str, Any] | None = None, champion: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_config(pipeline: Pipeline, dataset: Dataset, run_id: str, output: str,
+               production: Mv | None, cfg: OperatorConfig,
+               version: dict[str, Any] | None = None, champion: Mv | None = None) -> dict[str, Any]:
     """`version`: the status.versions entry to train on (its snapshot, never the moving source);
     `champion`: the ModelVersion now serving the model, which the new one must beat on the same rows."""
-    version = version or {"version": (dataset.get("status") or {}).get("version")}
+    version = version or {"version": dataset.status.get("version")}
     config = {
-        "dataset": dataset["spec"],
-        "pipeline": pipeline["spec"],
+        "dataset": dataset.body["spec"],
+        "pipeline": pipeline.body["spec"],
         "output": output,
         "datasetVersion": version.get("version"),
-        "lineage": {"pipeline": pipeline["metadata"]["name"], "run": run_id,
-                    "dataset": dataset["metadata"]["name"], "datasetVersion": version.get("version"),
+        "lineage": {"pipeline": pipeline.name, "run": run_id,
+                    "dataset": dataset.name, "datasetVersion": version.get("version"),
                     "image": cfg.runtime_image},
     }
     if version.get("snapshotUri") and version.get("snapshotSha256"):
         config["datasetSnapshot"] = {"uri": version["snapshotUri"], "sha256": version["snapshotSha256"]}
     if champion:
-        spec = champion["spec"]
-        config["champion"] = {"name": champion["metadata"]["name"], "artifact": spec["artifact"],
-                              "signature": spec["signature"],
-                              "margin": (pipeline["spec"].get("gates") or {}).get("beatProductionBy") or 0.0}
+        config["champion"] = {"name": champion.name, "artifact": champion.spec.artifact.wire(),
+                              "signature": champion.spec.signature.wire(),
+                              "margin": served(pipeline.spec.gates.beat_production_by) or 0.0}
     elif production:
-        config["production"] = {"name": production["metadata"]["name"],
-                                "metrics": production["spec"].get("metrics", {})}
+        config["production"] = {"name": production.name, "metrics": served(production.spec.metrics)}
     return config
 
 
-def trial_count(search: dict[str, Any]) -> int:
+def trial_count(search: Search) -> int:
     """`trials`, but never more than the space has combinations: an index beyond them would only pay
     for a pod that imports scikit-learn to find nothing to train."""
-    combinations = math.prod(len(values) for values in (search.get("space") or {}).values())
-    return max(1, min(search.get("trials", 1), combinations))
+    combinations = math.prod(len(values) for values in search.space.values())
+    return max(1, min(search.trials, combinations))
 
 
-def shard_count(search: dict[str, Any]) -> int:
+def shard_count(search: Search) -> int:
     """Pods of the trials' Job: each trains every P-th trial in one process (the data read once).
     Successive halving runs in one pod, its `parallelism` being worker processes."""
-    if search.get("strategy") == "halving":
+    if search.strategy == "halving":
         return 1
-    return min(search.get("parallelism", 1), trial_count(search))
+    return min(search.parallelism, trial_count(search))
 
 
-def trials_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+def trials_job(pipeline: Pipeline, run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     """One Indexed Job of P shards: the pod of index i trains trials i, i+P, i+2P, ... (the runtime
     reads i from $JOB_COMPLETION_INDEX)."""
-    spec = pipeline["spec"]
-    shards = shard_count(spec.get("search", {}))
+    spec = pipeline.spec
+    shards = shard_count(spec.search)
     return _job(pipeline, run_job_name(pipeline, run_id, "trials"),
-                _container(cfg, ["trial", "--shards", str(shards)], config, spec.get("resources")),
+                _container(cfg, ["trial", "--shards", str(shards)], config, spec.resources),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "trials"},
-                pod=spec.get("pod"), service_account=spec.get("serviceAccountName"),
+                pod=spec.pod, service_account=spec.service_account_name,
                 # A shard whose every trial failed permanently fails its own index only.
                 on_permanent="FailIndex",
                 extra_spec={
@@ -165,52 +173,52 @@ def trials_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cf
                     "parallelism": shards,
                     # Each shard retries on its own (skipping the trials it already finished); a bad
                     # shard fails alone and the run goes on with the others' trials.
-                    "backoffLimitPerIndex": spec.get("backoffLimit", 1),
+                    "backoffLimitPerIndex": spec.backoff_limit,
                     "maxFailedIndexes": shards - 1,
                 })
 
 
-def select_job(pipeline: dict[str, Any], run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
-    spec = pipeline["spec"]
+def select_job(pipeline: Pipeline, run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+    spec = pipeline.spec
     return _job(pipeline, run_job_name(pipeline, run_id, "select"),
-                _container(cfg, ["select"], config, spec.get("resources")),
+                _container(cfg, ["select"], config, spec.resources),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "select"},
-                pod=spec.get("pod"), service_account=spec.get("serviceAccountName"), extra_spec={"backoffLimit": 1})
+                pod=spec.pod, service_account=spec.service_account_name, extra_spec={"backoffLimit": 1})
 
 
-def verify_job_name(mv: dict[str, Any]) -> str:
-    return short_name(mv["metadata"]["name"], "verify", mv["spec"]["artifact"]["sha256"][:8])
+def verify_job_name(mv: Mv) -> str:
+    return short_name(mv.name, "verify", mv.spec.artifact.sha256[:8])
 
 
-def verify_job(mv: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+def verify_job(mv: Mv, cfg: OperatorConfig) -> dict[str, Any]:
     """Checks the artifact's digest (and that it loads without running code) in a pod of the runtime
     image, so the operator never fetches a model itself. No `spec.pod` here: a ModelVersion has no pod
     settings of its own (and may have no pipeline), so the check runs as the namespace's default."""
-    artifact = mv["spec"]["artifact"]
-    args = ["verify", "--uri", artifact["uri"], "--sha256", artifact["sha256"]]
-    if artifact.get("onnx"):  # the server may serve this file instead: it is checked alike
-        args += ["--uri", artifact["onnx"]["uri"], "--sha256", artifact["onnx"]["sha256"]]
-    if artifact.get("allowUnsafe"):
+    artifact = mv.spec.artifact
+    args = ["verify", "--uri", artifact.uri, "--sha256", artifact.sha256]
+    if artifact.onnx:  # the server may serve this file instead: it is checked alike
+        args += ["--uri", artifact.onnx.uri, "--sha256", artifact.onnx.sha256]
+    if artifact.allow_unsafe:
         args.append("--allow-unsafe")
     return _job(mv, verify_job_name(mv), _container(cfg, args, {}, None), labels={},
                 extra_spec={"backoffLimit": 1, "activeDeadlineSeconds": 600})
 
 
-def model_version(pipeline: dict[str, Any], run_id: str, version: int, summary_mv: dict[str, Any]) -> dict[str, Any]:
+def model_version(pipeline: Pipeline, run_id: str, version: int, summary_mv: dict[str, Any]) -> dict[str, Any]:
     """The registry entry for a passing run. Not owned by the pipeline: deleting a pipeline never
     deletes the models it produced."""
-    spec = pipeline["spec"]
-    model = spec["modelName"]
+    spec = pipeline.spec
+    model = spec.model_name
     return {
         "apiVersion": "kiln.dev/v1alpha1",
         "kind": "ModelVersion",
         "metadata": {
             "name": f"{model}-v{version}",
-            "namespace": pipeline["metadata"]["namespace"],
+            "namespace": pipeline.namespace,
             "labels": {"app.kubernetes.io/part-of": "kiln", "app.kubernetes.io/managed-by": MANAGED_BY,
-                       "kiln.dev/model": model, "kiln.dev/pipeline": pipeline["metadata"]["name"],
+                       "kiln.dev/model": model, "kiln.dev/pipeline": pipeline.name,
                        LABEL_RUN: run_id},
         },
         "spec": {**summary_mv, "modelName": model, "version": version,
-                 "stage": spec.get("promoteTo") or "None"},
+                 "stage": spec.promote_to or "None"},
     }

@@ -14,9 +14,19 @@ from kiln_operator.api.model_version import ModelVersionSpec
 from kiln_operator.api.training import TrainingPipelineSpec
 from kiln_operator.builders import training
 from kiln_operator.config import OperatorConfig
+from kiln_operator.validation import parse
 from kiln_runtime.train import cli
 
 from .conftest import write_dataset
+
+
+def production(name: str, accuracy: float):
+    """The model's Production registry entry, of which the operator passes on the name and metrics."""
+    return parse({"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": name},
+                  "spec": {"modelName": "wine", "version": 1, "framework": {"version": "1.6.1"},
+                           "artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64},
+                           "signature": {"inputs": [{"name": "x", "type": "number"}], "output": {"type": "label"}},
+                           "metrics": {"accuracy": accuracy}, "stage": "Production"}})
 
 
 def _container(job: dict) -> dict:
@@ -61,28 +71,28 @@ def objects(tmp_path):
 
 def test_the_operators_jobs_run_kiln_train_and_its_reports_fit_the_api(objects, tmp_path, monkeypatch):
     dataset, pipeline, cfg = objects
-    code, v = _run(training.validation_job(dataset, "g1", f"{cfg.artifact_root}/datasets/wine", cfg),
+    code, v = _run(training.validation_job(parse(dataset), "g1", f"{cfg.artifact_root}/datasets/wine", cfg),
                    tmp_path, monkeypatch)
     assert code == 0 and v["result"] == "Succeeded", v
     dataset["status"] = {"version": v["version"], "rows": v["rows"], "profileUri": v["profileUri"]}
 
-    production = {"metadata": {"name": "wine-v1"}, "spec": {"metrics": {"accuracy": 0.4}}}
-    config = training.run_config(pipeline, dataset, "r1", f"{cfg.artifact_root}/runs/r1", production, cfg)
-    trials = training.trials_job(pipeline, "r1", config, cfg)
+    config = training.run_config(parse(pipeline), parse(dataset), "r1", f"{cfg.artifact_root}/runs/r1",
+                                 production("wine-v1", 0.4), cfg)
+    trials = training.trials_job(parse(pipeline), "r1", config, cfg)
     assert trials["spec"]["completionMode"] == "Indexed"
     results = [_run(trials, tmp_path, monkeypatch, index=i) for i in range(trials["spec"]["completions"])]
     # Two grid points for three trials asked: the operator starts only the two pods that have work.
     assert [(c, s["result"]) for c, s in results] == [(0, "Succeeded"), (0, "Succeeded")]
 
-    code, sel = _run(training.select_job(pipeline, "r1", config, cfg), tmp_path, monkeypatch)
+    code, sel = _run(training.select_job(parse(pipeline), "r1", config, cfg), tmp_path, monkeypatch)
     assert code == 0 and sel["result"] == "Succeeded", sel
-    mv = training.model_version(pipeline, "r1", 2, sel["modelVersion"])
+    mv = training.model_version(parse(pipeline), "r1", 2, sel["modelVersion"])
     spec = ModelVersionSpec.model_validate(mv["spec"])  # extra="forbid": no field the API lacks
     assert spec.artifact.onnx and spec.artifact.onnx.parity_verified
     assert spec.lineage.dataset_version == v["version"] and spec.lineage.run == "r1"
 
     registered = {**mv, "metadata": {**mv["metadata"], "uid": "u3"}, "spec": spec.wire()}
-    code, ver = _run(training.verify_job(registered, cfg), tmp_path, monkeypatch)
+    code, ver = _run(training.verify_job(parse(registered), cfg), tmp_path, monkeypatch)
     assert code == 0 and ver["result"] == "Succeeded", ver
     assert ver["artifacts"][0]["sha256"] == spec.artifact.sha256
 
@@ -90,10 +100,10 @@ def test_the_operators_jobs_run_kiln_train_and_its_reports_fit_the_api(objects, 
 def test_a_failed_gate_names_the_production_version_the_operator_passed(objects, tmp_path, monkeypatch):
     dataset, pipeline, cfg = objects
     dataset["status"] = {}
-    production = {"metadata": {"name": "wine-v7"}, "spec": {"metrics": {"accuracy": 1.0}}}
-    config = training.run_config(pipeline, dataset, "r2", f"{cfg.artifact_root}/runs/r2", production, cfg)
-    trials = training.trials_job(pipeline, "r2", config, cfg)
+    config = training.run_config(parse(pipeline), parse(dataset), "r2", f"{cfg.artifact_root}/runs/r2",
+                                 production("wine-v7", 1.0), cfg)
+    trials = training.trials_job(parse(pipeline), "r2", config, cfg)
     assert _run(trials, tmp_path, monkeypatch, index=0)[0] == 0
-    code, sel = _run(training.select_job(pipeline, "r2", config, cfg), tmp_path, monkeypatch)
+    code, sel = _run(training.select_job(parse(pipeline), "r2", config, cfg), tmp_path, monkeypatch)
     assert code == 0 and sel["result"] == "GateFailed"
     assert "does not beat Production version wine-v7 (1)" in sel["message"]
