@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+CONTAINER = "train"  # builders.training's container: the one whose image trains
+_DIGEST = re.compile(r"(?:^|@)(sha256:[a-f0-9]{64})$")
 
 
 @dataclass
@@ -14,6 +17,8 @@ class JobView:
     job: dict[str, Any] | None
     # Completion index (0 for non-indexed Jobs) -> the latest termination summary of that index.
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # The Job's pods as the cache has them, every attempt: their status says which image ran.
+    pods: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> str | None:
@@ -30,6 +35,18 @@ class JobView:
 
     def summary(self, index: int = 0) -> dict[str, Any] | None:
         return self.summaries.get(index)
+
+    def pod(self, name: str) -> dict[str, Any] | None:
+        return next((p for p in self.pods if p["metadata"].get("name") == name), None)
+
+    def summary_pod(self, index: int = 0) -> dict[str, Any] | None:
+        """The pod whose termination message is `summary(index)`."""
+        found = _newest_messages(self.pods).get(index)
+        return found[2] if found else None
+
+    def index_pods(self, index: int) -> list[dict[str, Any]]:
+        """Every attempt at completion `index`."""
+        return [p for p in self.pods if _index(p) == index]
 
     def failure_message(self) -> str:
         """The Job's own reason when no pod left a summary (e.g. a pod that could not start)."""
@@ -73,10 +90,16 @@ def _failure(reported: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _trial_of(summary: dict[str, Any], index: int) -> Any:
+    """A one-trial summary's trial, else its completion index. (Not `.get("trial", index)`: that reads
+    like a spec field's default restated, lineage.trial being one, and this is a termination message.)"""
+    return summary["trial"] if "trial" in summary else index
+
+
 def _one_trial(summary: dict[str, Any], index: int) -> bool:
     """A trial summary of a Job with one completion per trial (no `--shards`: a run started before)."""
     return (summary.get("command") == "trial" and "shards" not in summary and "shard" not in summary
-            and summary.get("result") in ("Succeeded", "Failed") and _is_int(summary.get("trial", index)))
+            and summary.get("result") in ("Succeeded", "Failed") and _is_int(_trial_of(summary, index)))
 
 
 def trial_totals(summaries: dict[int, dict[str, Any]], max_failures: int = 10) -> TrialTotals:
@@ -96,7 +119,7 @@ def trial_totals(summaries: dict[int, dict[str, Any]], max_failures: int = 10) -
             totals.assigned += 1
             totals.succeeded += ok
             totals.failed += not ok
-            listed = [] if ok else [{**summary, "trial": summary.get("trial", index)}]
+            listed = [] if ok else [{**summary, "trial": _trial_of(summary, index)}]
         else:
             listed = []  # Skipped, or not kiln-train's counts (an UnreadableSummary, a shard that died early)
         for failure in listed:
@@ -124,13 +147,15 @@ def whole_summary(logs: str, cut: dict[str, Any]) -> dict[str, Any]:
     return cut
 
 
-def termination_summaries(pods: list[dict[str, Any]],
-                          read_logs: Callable[[dict[str, Any]], str] | None = None) -> dict[int, dict[str, Any]]:
-    """The newest terminated container's JSON message per completion index; a summary the kubelet's
-    4 KiB limit made kiln-train cut is completed from the pod's logs through `read_logs`."""
+def _index(pod: dict[str, Any]) -> int:
+    return int((pod["metadata"].get("annotations") or {}).get(INDEX_ANNOTATION, 0))
+
+
+def _newest_messages(pods: list[dict[str, Any]]) -> dict[int, tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Per completion index: (finishedAt, parsed message, pod) of the newest terminated container with a message."""
     found: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = {}
     for pod in pods:
-        index = int(pod["metadata"].get("annotations", {}).get(INDEX_ANNOTATION, 0))
+        index = _index(pod)
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (cs.get("state") or {}).get("terminated")
             if not terminated or not terminated.get("message"):
@@ -143,8 +168,33 @@ def termination_summaries(pods: list[dict[str, Any]],
             finished = terminated.get("finishedAt") or ""
             if index not in found or finished > found[index][0]:
                 found[index] = (finished, summary, pod)
+    return found
+
+
+def termination_summaries(pods: list[dict[str, Any]],
+                          read_logs: Callable[[dict[str, Any]], str] | None = None) -> dict[int, dict[str, Any]]:
+    """The newest terminated container's JSON message per completion index; a summary the kubelet's
+    4 KiB limit made kiln-train cut is completed from the pod's logs through `read_logs`."""
+    found = _newest_messages(pods)
     if read_logs:
         for index, (finished, summary, pod) in found.items():
             if summary.get("truncated"):
                 found[index] = (finished, whole_summary(read_logs(pod), summary), pod)
     return {i: s for i, (_, s, _) in found.items()}
+
+
+def image_digest(image_id: str | None) -> str | None:
+    """`sha256:<hex>` out of a container status' imageID, whatever the runtime's spelling:
+    `repo@sha256:…` (containerd, a pulled image), `docker-pullable://repo@sha256:…`, or a bare
+    `sha256:…` (an image loaded into the node, known by its local ID only)."""
+    match = _DIGEST.search(image_id or "")
+    return match.group(1) if match else None
+
+
+def ran_image(pod: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """(image, digest) the pod's training container ran, from its status (the cache keeps no pod spec);
+    the kubelet fills both in once the container has started. The image is as the runtime spells it
+    (e.g. `docker.io/library/kiln-runtime:dev` for `kiln-runtime:dev`)."""
+    status = next((c for c in ((pod or {}).get("status") or {}).get("containerStatuses") or []
+                   if c.get("name") == CONTAINER), {})
+    return status.get("image"), image_digest(status.get("imageID"))

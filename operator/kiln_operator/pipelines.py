@@ -27,7 +27,7 @@ from .builders import training
 from .builders.meta import ANNOTATION_RUN_REQUEST
 from .builders.training import Dataset, Mv, Pipeline
 from .config import OperatorConfig
-from .jobs import JobView, TrialTotals, trial_totals
+from .jobs import JobView, TrialTotals, ran_image, trial_totals
 from .plan import Plan
 
 ACTIVE = ("Pending", "Running", "Selecting")
@@ -108,7 +108,8 @@ def _start_run(pipeline: Pipeline, dataset: Dataset, observed: Observed, trigger
     run_id = f"r{int(last.lstrip('r') or 0) + 1}"
     version = version_entry(dataset, _version_to_train(pipeline, dataset))
     config = training.run_config(pipeline, dataset, run_id, output_prefix(pipeline, run_id, cfg),
-                                 observed.production, cfg, version, observed.champion)
+                                 observed.production, cfg, version, observed.champion,
+                                 pipeline.body["metadata"].get("generation"))
     out.apply.append(training.trials_job(pipeline, run_id, config, cfg))
     search = pipeline.spec.search
     trials = training.trial_count(search)
@@ -161,7 +162,8 @@ def _advance(pipeline: Pipeline, dataset: Dataset, run: dict[str, Any], observed
     trials = observed.jobs.get(trials_name, JobView(None))
     version = version_entry(dataset, run.get("datasetVersion")) or {"version": run.get("datasetVersion")}
     config = training.run_config(pipeline, dataset, run_id, output_prefix(pipeline, run_id, cfg),
-                                 observed.production, cfg, version, observed.champion)
+                                 observed.production, cfg, version, observed.champion,
+                                 run_generation(pipeline, run_id))
     if run["phase"] == "Running":
         if trials.job is None:
             out.apply.append(training.trials_job(pipeline, run_id, config, cfg))  # lost before a restart
@@ -201,7 +203,12 @@ def _advance(pipeline: Pipeline, dataset: Dataset, run: dict[str, Any], observed
                                f"message truncated); the full record is at {summary.get('manifestUri')}", now, out,
                                warning=True)
             run["bestMetrics"] = {k: float(v) for k, v in (mv.get("metrics") or {}).items()}
-            out.register.append((run_id, mv))
+            lineage = registered_lineage(pipeline, run, mv.get("lineage") or {}, summary.get("trainedBy"),
+                                         select, trials)
+            if not lineage.get("imageDigest"):
+                out.event("Warning", "ImageDigestUnknown", f"run {run_id}: the pod that trained the model "
+                          "reports no image digest; its ModelVersion names the image by reference only")
+            out.register.append((run_id, {**mv, "lineage": lineage}))
             run["phase"] = "Registering"
             run["message"] = summary.get("message")
             return run
@@ -212,6 +219,47 @@ def _advance(pipeline: Pipeline, dataset: Dataset, run: dict[str, Any], observed
         return _finish(run, "Failed", f"{reason}: {summary.get('message') or select.failure_message()}", now, out,
                        warning=True)
     return run
+
+
+def run_generation(pipeline: Pipeline, run_id: str) -> int | None:
+    """The pipeline's metadata.generation when run `run_id` started, while it is the latest run (an active
+    run always is: Forbid starts none beside it, Replace cancels it)."""
+    status = pipeline.status
+    return status.get("lastRunGeneration") if status.get("lastRun") == run_id else None
+
+
+def training_pod(trained_by: Any, select: JobView, trials: JobView) -> dict[str, Any] | None:
+    """The pod that fitted the registered model, as the selection summary's `trainedBy` names it: the
+    selection pod when it refitted the winner, else the trial pod whose stored model it took. A summary
+    without `trainedBy` (an older runtime) refitted in the selection pod."""
+    by = trained_by if isinstance(trained_by, dict) else {"step": "select"}
+    view = trials if by.get("step") == "trials" else select
+    if isinstance(by.get("pod"), str) and view.pod(by["pod"]):
+        return view.pod(by["pod"])
+    if view is select:
+        return select.summary_pod(0)
+    # No pod name: the attempts at the trial's shard, when they all ran one image.
+    shards = max(int(((trials.job or {}).get("spec") or {}).get("completions") or 1), 1)
+    trial = by.get("trial")
+    attempts = trials.index_pods(trial % shards) if isinstance(trial, int) else []
+    digests = {ran_image(p)[1] for p in attempts}
+    return attempts[0] if len(digests) == 1 and None not in digests else None
+
+
+def registered_lineage(pipeline: Pipeline, run: dict[str, Any], lineage: dict[str, Any], trained_by: Any,
+                       select: JobView, trials: JobView) -> dict[str, Any]:
+    """The runtime's lineage completed with what only the operator knows: the image digest that trained
+    the model (from that pod's status), and the data version and pipeline generation of the run."""
+    out = dict(lineage)
+    out["datasetVersion"] = out.get("datasetVersion") or run.get("datasetVersion")
+    generation = run_generation(pipeline, run["id"])
+    if out.get("pipelineGeneration") is None and generation is not None:
+        out["pipelineGeneration"] = generation
+    image, digest = ran_image(training_pod(trained_by, select, trials))
+    if digest:
+        out["imageDigest"] = digest
+        out.setdefault("image", image)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _count_trials(run: dict[str, Any], counts: Any) -> None:

@@ -263,7 +263,8 @@ def observe_jobs(owner: dict[str, Any]) -> dict[str, JobView]:
         return _log_tails[uid]
 
     return {job["metadata"]["name"]: JobView(job, termination_summaries(pods_by_job.get(job["metadata"]["name"], []),
-                                                                        last_lines))
+                                                                        last_lines),
+                                             pods_by_job.get(job["metadata"]["name"], []))
             for job in CACHE.children(owner, "Job")}
 
 
@@ -379,20 +380,28 @@ def register(pipeline: training.Pipeline, run_id: str, mv_spec: dict[str, Any]) 
         raise RuntimeError(f"could not find a free version number for model {model}")
     _store(created)
     name = created["metadata"]["name"]
-    if created["spec"].get("stage") == "Production":
-        for other in registry.to_archive(CACHE.parsed("ModelVersion", ns), model, keep=name):
-            _store(k8s.patch_spec(API_VERSION, "ModelVersion", ns, other, {"stage": "Archived"}))
-            log.info(f"archived {other}: {name} is now Production", **_ref(pipeline.body))
+    archive_superseded(CACHE.parsed_get("ModelVersion", ns, name))
     return created
 
 
 MODEL_VERSION = kind_by_name("ModelVersion")
 
 
+def archive_superseded(mv: training.Mv | None) -> None:
+    """A version newly in Production, by a run or by hand, archives the versions it supersedes that runs
+    registered (registry.superseded); a hand-registered one is never written (docs/argocd.md)."""
+    if mv is None or not registry.newly_in_production(mv):
+        return
+    for other in registry.superseded(CACHE.parsed("ModelVersion", mv.namespace), mv):
+        _store(k8s.apply(registry.archived(mv.namespace, other, mv.name)))
+        log.info(f"archived {other}: {mv.name} is now Production", **_ref(mv.body))
+
+
 def reconcile_model_version(body: dict[str, Any]) -> Wakeup:
     mv = _validate(MODEL_VERSION, body)
     if not mv:
         return None
+    archive_superseded(mv)
     verify = observe_jobs(body).get(training.verify_job_name(mv), JobView(None))
     serving = registry.served_by(mv, CACHE.list("InferenceService", mv.namespace))
     act(body, registry.plan_model_version(mv, verify, CONFIG, now_rfc3339(), serving), always_post=("StageChanged",))

@@ -1,15 +1,30 @@
-"""The model registry: version numbering, stages and the audit trail of ModelVersions."""
+"""The model registry: version numbering, stages and the audit trail of ModelVersions (docs/governance.md)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .api.kinds import API_VERSION
 from .builders import training
 from .builders.meta import LABEL_RUN
 from .builders.training import Mv, Pipeline
 from .config import OperatorConfig
 from .jobs import JobView
 from .plan import Plan
+
+# The contract with `kubectl kiln promote --reason` (one merge patch sets spec.stage and this annotation)
+# and with the promotion policy (charts/kiln/templates/admission-policies.yaml, docs/governance.md).
+ANNOTATION_REASON = "kiln.dev/stage-reason"
+# Stamped by the chart's MutatingAdmissionPolicy on every request that sets spec.stage, whatever the
+# request said: who asked (request.userInfo.username), the stage they asked for, and the reason given in
+# that same request ("" when the request left kiln.dev/stage-reason as it was). The validating policy
+# refuses any other request that writes them, so nobody can forge them.
+ANNOTATION_CHANGED_BY = "kiln.dev/stage-changed-by"
+ANNOTATION_CHANGED_TO = "kiln.dev/stage-changed-to"
+ANNOTATION_CHANGED_REASON = "kiln.dev/stage-changed-reason"
+# `by` of a change no policy stamped but the operator made (its field manager wrote spec.stage).
+OPERATOR = "kiln-operator"
+OPERATOR_FIELD_MANAGER = "kiln"  # k8s.FIELD_MANAGER; registry stays free of the client
 
 
 def versions_of(mvs: list[Mv], model: str) -> list[Mv]:
@@ -54,6 +69,83 @@ def to_archive(mvs: list[Mv], model: str, keep: str) -> list[str]:
             and (mv.body["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == training.MANAGED_BY]
 
 
+def superseded(mvs: list[Mv], mv: Mv) -> list[str]:
+    """The versions `mv` supersedes now that it is in Production: the model's other Production versions
+    that runs registered and whose move into Production the registry has already recorded. One moved
+    meanwhile but not yet recorded is the newer promotion: it archives `mv` when its turn comes, rather
+    than both archiving each other. Hand-registered versions are never written (docs/argocd.md)."""
+    if mv.spec.stage != "Production":
+        return []
+    recorded = {m.name for m in mvs if (m.status.get("stageHistory") or [{}])[-1].get("stage") == "Production"}
+    return [name for name in to_archive(mvs, mv.spec.model_name, keep=mv.name) if name in recorded]
+
+
+def newly_in_production(mv: Mv) -> bool:
+    """Whether `mv` is in Production and its history does not say so yet: a promotion to act on once."""
+    history = mv.status.get("stageHistory") or []
+    return mv.spec.stage == "Production" and (not history or history[-1].get("stage") != "Production")
+
+
+def archived(namespace: str, name: str, successor: str) -> dict[str, Any]:
+    """The server-side apply that archives a superseded version: stage and reason in one request, so the
+    promotion policy stamps that very reason (a reason written by an earlier request would count as
+    stale). The policy stamps the operator's ServiceAccount as `by`."""
+    return {"apiVersion": API_VERSION, "kind": "ModelVersion",
+            "metadata": {"name": name, "namespace": namespace,
+                         "annotations": {ANNOTATION_REASON: f"superseded by {successor}"}},
+            "spec": {"stage": "Archived"}}
+
+
+def _stage_manager(meta: dict[str, Any]) -> str | None:
+    """The field manager that last wrote spec.stage: who changed it when no policy stamped the change.
+    A manager is a client's name (kubectl-patch, argocd-controller), not a user's."""
+    writers = [m for m in meta.get("managedFields") or []
+               if "f:stage" in ((m.get("fieldsV1") or {}).get("f:spec") or {})]
+    if not writers:
+        return None
+    manager = max(writers, key=lambda m: m.get("time") or "").get("manager")
+    if not manager:
+        return None
+    return OPERATOR if manager == OPERATOR_FIELD_MANAGER else f"fieldManager:{manager}"
+
+
+def stage_change(mv: Mv, history: list[dict[str, Any]], now: str) -> dict[str, Any]:
+    """The history entry for the stage `mv` is in now, which differs from the last recorded one.
+
+    With the promotion policy, who and why are the stamps of the request that set this stage. Without
+    it (a cluster older than 1.36 serves no MutatingAdmissionPolicy, or promotion.enabled=false), `by` is
+    the field manager of spec.stage and the reason is kiln.dev/stage-reason unless it is the one the
+    previous change already recorded (a reason left over from an earlier change is no reason)."""
+    meta = mv.body["metadata"]
+    annotations = meta.get("annotations") or {}
+    stage = mv.spec.stage
+    entry: dict[str, Any] = {"stage": stage}
+    if history:
+        entry["from"] = history[-1].get("stage")
+    entry["time"] = now
+    # A stamp is about the change that wrote it: one for another stage is left from an earlier change.
+    stamped = annotations.get(ANNOTATION_CHANGED_TO) == stage and bool(annotations.get(ANNOTATION_CHANGED_BY))
+    if stamped:
+        by = annotations[ANNOTATION_CHANGED_BY]
+        reason = annotations.get(ANNOTATION_CHANGED_REASON) or None
+    else:
+        by = _stage_manager(meta)
+        reason = annotations.get(ANNOTATION_REASON) or None
+        if history and reason == history[-1].get("reason"):
+            reason = None
+    labels = meta.get("labels") or {}
+    if not history and labels.get("app.kubernetes.io/managed-by") == training.MANAGED_BY and labels.get(LABEL_RUN):
+        # Registered by a run straight into its pipeline's promoteTo stage (or None): the run is the reason.
+        # Unstamped, the create's field manager is the client library's name: the operator is who.
+        by = by if stamped else OPERATOR
+        reason = reason or f"registered by run {labels[LABEL_RUN]} of TrainingPipeline {labels.get('kiln.dev/pipeline')}"
+    if by:
+        entry["by"] = by
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
 def verified(mv: Mv) -> bool:
     """Whether the registry checked this version's artifact against its digest."""
     return mv.status.get("verifiedSha256") == mv.spec.artifact.sha256
@@ -76,10 +168,13 @@ def plan_model_version(mv: Mv, verify: JobView, cfg: OperatorConfig, now: str,
     history = list(status.get("stageHistory") or [])
     stage = spec.stage
     if not history or history[-1].get("stage") != stage:
-        history.append({"stage": stage, "time": now})
+        entry = stage_change(mv, history, now)
+        history.append(entry)
         out.status["stageHistory"] = history
         if len(history) > 1:
-            out.event("Normal", "StageChanged", f"{mv.name}: {history[-2]['stage']} -> {stage}")
+            who = f" by {entry['by']}" if entry.get("by") else ""
+            why = f": {entry['reason']}" if entry.get("reason") else ""
+            out.event("Normal", "StageChanged", f"{mv.name}: {history[-2]['stage']} -> {stage}{who}{why}")
     registered = f"{spec.model_name} v{spec.version} in stage {stage}"
     digest = spec.artifact.sha256
     if verified(mv):

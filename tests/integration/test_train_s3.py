@@ -166,7 +166,9 @@ def test_validate_search_and_select_through_s3(s3, tmp_path):
     assert trials[best]["score"] == accuracy_score(y_val, direct.predict(X_val))
     mv = sel["modelVersion"]
     assert mv["metrics"]["accuracy"] == accuracy_score(y_test, direct.predict(X_test)) == sel["heldOut"]["accuracy"]
-    assert mv["lineage"] == {"pipeline": "iris-forest", "run": "r1", "dataset": "iris", "datasetVersion": v["version"]}
+    assert mv["lineage"] == {"pipeline": "iris-forest", "run": "r1", "dataset": "iris", "datasetVersion": v["version"],
+                             "trial": best, "estimator": "RandomForestClassifier", "seed": 7, "testFraction": 0.25,
+                             "validationFraction": 0.2, "cvFolds": 0}
 
     # The artifacts in S3 are the ones the summary names, byte for byte; skops and ONNX agree.
     key = lambda uri: uri.split("/", 3)[3]  # noqa: E731

@@ -292,6 +292,95 @@ def test_bad_values_are_refused_with_a_reason(helm, args, message):
     assert message in result.stderr, result.stderr
 
 
+# --- the promotion policy (templates/admission-policies.yaml, docs/governance.md) ----------------------
+
+MAP_SERVED = ("--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")
+
+
+def policies(objs: list[dict]) -> dict[str, dict]:
+    return {o["kind"]: o for o in objs if o["apiVersion"].startswith("admissionregistration.k8s.io/")}
+
+
+def test_the_promotion_policy_is_on_by_default_for_the_whole_cluster(helm):
+    found = policies(objects(helm))
+    # helm template sees no cluster: without MutatingAdmissionPolicy served, the validating policy alone.
+    assert sorted(found) == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    policy, binding = found["ValidatingAdmissionPolicy"], found["ValidatingAdmissionPolicyBinding"]
+    assert policy["metadata"]["name"] == binding["spec"]["policyName"] == "kiln-promotion"
+    assert binding["spec"]["validationActions"] == ["Deny"] and "matchResources" not in binding["spec"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["kiln.dev"] and rule["resources"] == ["modelversions"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    # The operator is the chart's own ServiceAccount; only cluster admins may promote by default.
+    sa = one(objects(helm), "ServiceAccount")["metadata"]["name"]
+    assert variables["isOperator"] == f"variables.user == 'system:serviceaccount:kiln-system:{sa}'"
+    assert "'system:masters' in variables.groups" in variables["allowed"]
+    assert variables["allowed"].count("[]") == 3
+    rules = policy["spec"]["validations"]
+    assert any('variables.stage in ["Production"]' in r["expression"] for r in rules)
+    assert all(r.get("message", "").startswith("kiln.dev promotion policy: ")
+               or r["messageExpression"].startswith("'kiln.dev promotion policy: ") for r in rules)
+    # Without the mutating policy nobody may write the stamps: history falls back to field managers.
+    stamps = rules[-1]["expression"]
+    assert stamps.startswith('["kiln.dev/stage-changed-by"') and "variables.user" not in stamps
+
+
+def test_the_mutating_policy_stamps_stage_changes_where_the_cluster_serves_it(helm):
+    found = policies(objects(helm, *MAP_SERVED))
+    assert sorted(found) == ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
+                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    mutating = found["MutatingAdmissionPolicy"]["spec"]
+    (condition,) = mutating["matchConditions"]
+    assert "object.spec.stage != oldObject.spec.stage" in condition["expression"]
+    (mutation,) = mutating["mutations"]
+    assert mutation["patchType"] == "ApplyConfiguration"
+    expression = mutation["applyConfiguration"]["expression"]
+    for stamp in ("'kiln.dev/stage-changed-by': string(request.userInfo.username)",
+                  "'kiln.dev/stage-changed-to': string(object.spec.stage)", "'kiln.dev/stage-changed-reason':"):
+        assert stamp in expression
+    stamps = found["ValidatingAdmissionPolicy"]["spec"]["validations"][-1]["expression"]
+    assert stamps.startswith("variables.changed ? variables.annotations[?'kiln.dev/stage-changed-by']"
+                             ".orValue('') == variables.user")
+    assert "MutatingAdmissionPolicy" not in policies(objects(helm, *MAP_SERVED, "--set", "promotion.mutatingPolicy=false"))
+    assert "MutatingAdmissionPolicy" in policies(objects(helm, "--set", "promotion.mutatingPolicy=true"))
+
+
+def test_the_promotion_policy_binds_to_the_watched_namespaces_and_names_who_may(helm):
+    found = policies(objects(helm, *MAP_SERVED, "-f", str(CHART / "ci/namespaced-values.yaml"),
+                             "--set", "promotion.allowed.groups={ml-leads}", "--set", "promotion.allowed.users={alice}",
+                             "--set", "promotion.allowed.serviceAccounts={argocd/argocd-application-controller}",
+                             "--set", "promotion.protectedStages={Staging,Production}"))
+    namespaces = yaml.safe_load((CHART / "ci/namespaced-values.yaml").read_text())["watchNamespaces"]
+    for kind in ("MutatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"):
+        assert found[kind]["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]
+    spec = found["ValidatingAdmissionPolicy"]["spec"]
+    allowed = {v["name"]: v["expression"] for v in spec["variables"]}["allowed"]
+    assert 'variables.user in ["alice"]' in allowed
+    assert 'variables.user in ["system:serviceaccount:argocd:argocd-application-controller"]' in allowed
+    assert 'g in ["ml-leads"]' in allowed
+    (who,) = [r["messageExpression"] for r in spec["validations"] if "messageExpression" in r]
+    assert ("only members of group system:masters, members of group ml-leads, user alice, service account "
+            "argocd/argocd-application-controller may move a ModelVersion into '") in who
+    assert any('variables.stage in ["Staging","Production"]' in r["expression"] for r in spec["validations"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "promotion.allowed.serviceAccounts={argocd}"], "/promotion/allowed/serviceAccounts/0"),
+    (["--set", "promotion.protectedStages={Prod}"], "/promotion/protectedStages/0"),
+    (["--set", "promotion.allowed.users={o'brien}"], "/promotion/allowed/users/0"),
+    (["--set", "promotion.mutatingPolicy=sometimes"], "/promotion/mutatingPolicy"),
+])
+def test_bad_promotion_values_are_refused(helm, args, message):
+    result = render(helm, *args, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_promotion_policy_can_be_left_out(helm):
+    assert policies(objects(helm, *MAP_SERVED, "--set", "promotion.enabled=false")) == {}
+
+
 # --- charts/kiln-crds: the CRDs as templates, which `helm upgrade` upgrades (docs/upgrade.md) ----------
 
 def crd_objects(helm: Path, *args: str) -> list[dict]:

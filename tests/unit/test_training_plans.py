@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kiln_operator import datasets, pipelines, registry
+from kiln_operator import datasets, jobs, pipelines, registry
 from kiln_operator.api.crdgen import all_crds
 from kiln_operator.api.training import TrainingPipelineSpec
 from kiln_operator.builders import training
@@ -405,19 +405,131 @@ def test_the_crd_refuses_halving_settings_that_cannot_work():
             TrainingPipelineSpec.model_validate({**base, "search": {"strategy": "halving", "halving": bad}})
 
 
-def select_done(summary: dict) -> tuple[dict, pipelines.Observed]:
+def select_done(summary: dict, pods: list[dict] | None = None) -> tuple[dict, pipelines.Observed]:
     tp = running(example("02-trainingpipeline.yaml"), phase="Selecting")
-    view = JobView(job("Complete" if summary["result"] != "Failed" else "Failed", 1), {0: summary})
+    view = JobView(job("Complete" if summary["result"] != "Failed" else "Failed", 1), {0: summary}, pods or [])
     return tp, observed(ready_dataset(), {training.run_job_name(parse(tp), "r1", "select"): view})
 
 
 def test_a_passing_selection_asks_the_registry_for_a_model_version():
     mv = {"artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64, "format": "skops"},
-          "signature": {"inputs": [{"name": "x", "type": "number"}]}, "metrics": {"accuracy": 0.97}}
-    tp, obs = select_done({"result": "Succeeded", "modelVersion": mv, "metrics": {"accuracy": 0.97}})
+          "signature": {"inputs": [{"name": "x", "type": "number"}]}, "metrics": {"accuracy": 0.97},
+          "lineage": {"pipeline": "iris-forest", "run": "r1", "datasetVersion": VERSION, "image": "kiln-runtime:dev",
+                      "pipelineGeneration": 1, "trial": 3, "seed": 7}}
+    summary = {"result": "Succeeded", "modelVersion": mv, "metrics": {"accuracy": 0.97},
+               "trainedBy": {"step": "select", "pod": "iris-forest-r1-select-abcde"}}
+    tp, obs = select_done(summary, pods=[train_pod("iris-forest-r1-select-abcde", DIGEST, summary)])
     result = pipelines.plan(parse(tp), obs, CFG, NOW)
-    assert result.register == [("r1", mv)]
+    assert result.register == [("r1", {**mv, "lineage": {**mv["lineage"], "imageDigest": DIGEST}})]
     assert result.status["runs"][0]["phase"] == "Registering"
+    assert "ImageDigestUnknown" not in [e[1] for e in result.events]
+
+
+DIGEST, OTHER = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def train_pod(name: str, digest: str | None, summary: dict | None = None, index: int | None = None,
+              finished: str = "2026-11-23T09:59:00Z") -> dict:
+    """A Job's pod as the cache keeps it (no spec): the train container's status, terminated with `summary`."""
+    status = {"name": "train", "image": "docker.io/library/kiln-runtime:dev",
+              "state": {"terminated": {"exitCode": 0, "finishedAt": finished,
+                                       **({"message": json.dumps(summary)} if summary else {})}}}
+    if digest:
+        status["imageID"] = f"docker.io/library/kiln-runtime@{digest}"
+    annotations = {} if index is None else {"batch.kubernetes.io/job-completion-index": str(index)}
+    return {"metadata": {"name": name, "annotations": annotations}, "status": {"containerStatuses": [status]}}
+
+
+def registered_lineage(summary: dict, select_pods=(), trial_pods=(), completions: int = 2, **status) -> dict:
+    tp, obs = select_done(summary, pods=list(select_pods))
+    tp["status"].update(status)
+    trials_name = training.run_job_name(parse(tp), "r1", "trials")
+    trials_job = {**job("Complete", completions), "spec": {"completions": completions}}
+    obs.jobs[trials_name] = JobView(trials_job, {}, list(trial_pods))
+    result = pipelines.plan(parse(tp), obs, CFG, NOW)
+    ((_, mv),) = result.register
+    return mv["lineage"], result
+
+
+def passing(trained_by: dict | None, lineage: dict | None = None) -> dict:
+    summary = {"result": "Succeeded", "metrics": {"accuracy": 0.97},
+               "modelVersion": {"artifact": {"uri": "s3://kiln/m.skops", "sha256": "c" * 64},
+                                "signature": {"inputs": [{"name": "x", "type": "number"}]},
+                                "metrics": {"accuracy": 0.97}, "lineage": lineage or {"run": "r1"}}}
+    if trained_by is not None:
+        summary["trainedBy"] = trained_by
+    return summary
+
+
+def test_the_image_digest_is_the_one_the_pod_that_fitted_the_model_ran():
+    # The selection refitted the winner in its second attempt, after the image tag had moved: the
+    # digest is that attempt's, the one the Downward API named, not the first's nor a trial pod's.
+    summary = passing({"step": "select", "pod": "sel-2"})
+    first, second = train_pod("sel-1", OTHER, index=0), train_pod("sel-2", DIGEST, summary, index=0)
+    lineage, _ = registered_lineage(summary, [first, second], [train_pod("t-0", OTHER, index=0)])
+    assert lineage["imageDigest"] == DIGEST
+
+    # A stored trial model registered as it was (keepTrialModels): the trial pod's image trained it.
+    summary = passing({"step": "trials", "trial": 5, "pod": "t-1-b"})
+    trial_pods = [train_pod("t-1-a", OTHER, index=1), train_pod("t-1-b", DIGEST, index=1)]
+    lineage, _ = registered_lineage(summary, [train_pod("sel", OTHER, summary)], trial_pods)
+    assert lineage["imageDigest"] == DIGEST
+
+    # An older runtime names no pod: trial 5 of 2 shards is shard 1's; its attempts agree, or nothing is claimed.
+    summary = passing({"step": "trials", "trial": 5})
+    shard1 = [train_pod("t-1-a", DIGEST, index=1), train_pod("t-1-b", DIGEST, index=1)]
+    lineage, _ = registered_lineage(summary, [train_pod("sel", OTHER, summary)], [train_pod("t-0", OTHER, index=0), *shard1])
+    assert lineage["imageDigest"] == DIGEST
+    lineage, result = registered_lineage(summary, [train_pod("sel", OTHER, summary)],
+                                         [shard1[0], train_pod("t-1-c", OTHER, index=1)])
+    assert "imageDigest" not in lineage
+    assert ("Warning", "ImageDigestUnknown") in [e[:2] for e in result.events]
+
+    # No trainedBy at all (a runtime from before it): the selection pod, the one that reported.
+    summary = passing(None)
+    lineage, _ = registered_lineage(summary, [train_pod("sel", DIGEST, summary, index=0)])
+    assert lineage["imageDigest"] == DIGEST
+
+
+def test_the_lineage_names_the_data_version_and_the_generation_the_run_started_from():
+    # The runtime's lineage wins; what it lacks comes from the run (an older runtime's summary).
+    summary = passing({"step": "select", "pod": "sel"}, lineage={"run": "r1", "datasetVersion": None})
+    lineage, _ = registered_lineage(summary, [train_pod("sel", DIGEST, summary)], lastRunGeneration=3)
+    assert lineage == {"run": "r1", "datasetVersion": VERSION, "pipelineGeneration": 3, "imageDigest": DIGEST,
+                       "image": "docker.io/library/kiln-runtime:dev"}
+    summary = passing({"step": "select", "pod": "sel"}, lineage={"run": "r1", "datasetVersion": "cd" * 32,
+                                                                "pipelineGeneration": 2, "image": "kiln-runtime:dev"})
+    lineage, _ = registered_lineage(summary, [train_pod("sel", DIGEST, summary)], lastRunGeneration=3)
+    assert (lineage["datasetVersion"], lineage["pipelineGeneration"], lineage["image"]) == ("cd" * 32, 2, "kiln-runtime:dev")
+
+
+def test_a_run_passes_the_generation_it_started_from_and_its_pods_learn_their_names():
+    tp = example("02-trainingpipeline.yaml")
+    tp["metadata"]["generation"] = 6
+    (trials,) = pipelines.plan(parse(tp), observed(ready_dataset()), CFG, NOW).apply
+    [container] = trials["spec"]["template"]["spec"]["containers"]
+    config = json.loads(container["env"][0]["value"])
+    assert config["lineage"]["pipelineGeneration"] == 6
+    assert {"name": "KILN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    # The selection Job, made later, passes the run's generation, not the spec's newest.
+    tp = running(tp, phase="Running")
+    tp["metadata"]["generation"] = 7
+    tp["status"]["lastRunGeneration"] = 6
+    name = training.run_job_name(parse(tp), "r1", "trials")
+    (select,) = pipelines.plan(parse(tp), observed(ready_dataset(), {name: JobView(job("Complete", 2))}), CFG, NOW).apply
+    [container] = select["spec"]["template"]["spec"]["containers"]
+    assert json.loads(container["env"][0]["value"])["lineage"]["pipelineGeneration"] == 6
+    assert "KILN_POD_NAME" in [e["name"] for e in container["env"]]
+
+
+@pytest.mark.parametrize("image_id, digest", [
+    ("docker.io/library/kiln-runtime@sha256:" + "a" * 64, "sha256:" + "a" * 64),
+    ("docker-pullable://registry.example/kiln-runtime@sha256:" + "b" * 64, "sha256:" + "b" * 64),
+    ("sha256:" + "c" * 64, "sha256:" + "c" * 64),  # loaded into the node, no registry: its image ID
+    ("", None), ("kiln-runtime:dev", None), ("sha256:" + "A" * 64, None),
+])
+def test_image_digests_are_read_from_every_runtimes_image_id(image_id, digest):
+    assert jobs.image_digest(image_id) == digest
 
 
 def test_a_failed_gate_creates_nothing_and_quotes_the_numbers():
@@ -647,7 +759,7 @@ def test_a_version_lists_the_services_that_serve_it():
 def test_a_stage_change_is_recorded_in_the_history_with_an_event():
     mv = registered("Production", history=[{"stage": "Staging", "time": "2026-11-22T10:00:00Z"}])
     result = registry.plan_model_version(parse(mv), JobView(None), CFG, NOW)
-    assert result.status["stageHistory"][-1] == {"stage": "Production", "time": NOW}
+    assert result.status["stageHistory"][-1] == {"stage": "Production", "from": "Staging", "time": NOW}
     assert ("Normal", "StageChanged", "iris-v1: Staging -> Production") in result.events
     mv["status"]["stageHistory"] = result.status["stageHistory"]
     assert registry.plan_model_version(parse(mv), JobView(None), CFG, NOW).events == []

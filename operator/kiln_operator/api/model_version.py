@@ -89,7 +89,8 @@ class Signature(ApiModel):
 
 
 class Lineage(ApiModel):
-    """Where the model came from."""
+    """Where the model came from, and enough to train it again: `kiln-train reproduce` refits it from
+    these fields, `params` and `signature` (docs/training.md, Reproducing a version)."""
 
     pipeline: str | None = None
     """TrainingPipeline name."""
@@ -99,8 +100,33 @@ class Lineage(ApiModel):
     """Dataset name."""
     dataset_version: str | None = None
     """Dataset version (content sha256)."""
+    dataset_snapshot_uri: str | None = None
+    """The validated table of that version the run read (`status.versions[].snapshotUri` of the Dataset)."""
+    dataset_snapshot_sha256: str | None = Field(default=None, pattern=SHA256)
+    """sha256 of that table's bytes: a reproduction refuses any other content."""
     image: str | None = None
-    """Runtime image the model was trained with."""
+    """Runtime image the model was trained with, as the pod named it (a reference, e.g. a tag)."""
+    image_digest: str | None = Field(default=None, pattern=r"^sha256:[a-f0-9]{64}$")
+    """The image the node actually ran, from the training pod's `status.containerStatuses[].imageID`: the
+    registry's manifest digest of a pulled image (an image loaded into the node without a registry has
+    its local image ID here instead). The pod is the selection step's when it refitted the winner, else
+    the trial pod whose stored model it registered."""
+    pipeline_generation: int | None = Field(default=None, ge=1)
+    """The TrainingPipeline's `metadata.generation` when the run started: the spec the run was made from."""
+    trial: int | None = Field(default=None, ge=0)
+    """Index of the winning trial."""
+    estimator: str | None = None
+    """The estimator class trained (its parameters are `spec.params`)."""
+    seed: int | None = None
+    """The run's seed the trial trained with: it draws the test and validation splits and the
+    cross-validation folds, and is the estimator's `random_state` unless `spec.params` sets another."""
+    test_fraction: float | None = None
+    """Share of the rows held out as the test split `spec.metrics` were measured on."""
+    validation_fraction: float | None = None
+    """Share of the training part the trial held out for validation (absent with cross-validation: the
+    model was then fitted on the whole training part)."""
+    cv_folds: int | None = None
+    """Cross-validation folds of the search (0: a validation split)."""
 
 
 class ModelVersionSpec(ApiModel):
@@ -129,21 +155,27 @@ class ModelVersionSpec(ApiModel):
 
 
 class StageChange(ApiModel):
-    """One stage transition, for the audit trail."""
+    """One stage transition, for the audit trail (docs/governance.md)."""
 
     stage: Stage
     """The new stage."""
+    from_: Stage | None = Field(default=None, alias="from")
+    """The stage it left: the previous entry's stage; absent on the first entry (the stage it was registered in)."""
     time: str
     """When the operator observed it (RFC 3339)."""
     by: str | None = None
-    """Who or what changed it, when known."""
+    """Who changed it: the requesting user as the promotion policy stamped it (annotation
+    kiln.dev/stage-changed-by), else the field manager that last wrote spec.stage (not a user name)."""
+    reason: str | None = None
+    """Why: the annotation kiln.dev/stage-reason given with the change, or the operator's own reason."""
 
 
 class ModelVersionStatus(StatusBase):
     """Observed state of a ModelVersion."""
 
     stage_history: list[StageChange] = Field(default_factory=list)
-    """Stage transitions, oldest first."""
+    """Stage transitions, oldest first: who, when, from which stage and why. Kept in status, so it outlives
+    Events."""
     served_by: list[str] = Field(default_factory=list)
     """InferenceServices serving this version."""
     verified_sha256: str | None = None

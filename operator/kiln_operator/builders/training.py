@@ -54,15 +54,21 @@ def _env_from(cfg: OperatorConfig, config: dict[str, Any]) -> list[dict[str, Any
     return cfg.store_env_from() + own
 
 
+# kiln_runtime.train.trial.POD_ENV: the pod's own name, which the runtime records beside what it trained,
+# so the operator can read the image digest that trained a model from that pod's status.
+POD_NAME_ENV = {"name": "KILN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+
+
 def _container(cfg: OperatorConfig, args: list[str], config: dict[str, Any],
-               resources: Resources | None) -> dict[str, Any]:
+               resources: Resources | None, trains: bool = False) -> dict[str, Any]:
+    """`trains`: a step that fits models (the trials and the selection), which says in which pod it did."""
     return {
         "name": "train",
         "image": cfg.runtime_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["kiln-train", *args],
         "env": [{"name": "KILN_TRAIN_CONFIG", "value": json.dumps(config, separators=(",", ":"), sort_keys=True)},
-                *cfg.store_env()],
+                *([POD_NAME_ENV] if trains else []), *cfg.store_env()],
         "envFrom": _env_from(cfg, config),
         "resources": (resources and resources.wire()) or {"requests": {"cpu": "250m", "memory": "256Mi"},
                                                           "limits": {"memory": "2Gi"}},
@@ -117,18 +123,22 @@ def validation_job(dataset: Dataset, token: str, output: str, cfg: OperatorConfi
 
 def run_config(pipeline: Pipeline, dataset: Dataset, run_id: str, output: str,
                production: Mv | None, cfg: OperatorConfig,
-               version: dict[str, Any] | None = None, champion: Mv | None = None) -> dict[str, Any]:
+               version: dict[str, Any] | None = None, champion: Mv | None = None,
+               generation: int | None = None) -> dict[str, Any]:
     """`version`: the status.versions entry to train on (its snapshot, never the moving source);
-    `champion`: the ModelVersion now serving the model, which the new one must beat on the same rows."""
+    `champion`: the ModelVersion now serving the model, which the new one must beat on the same rows;
+    `generation`: the pipeline's metadata.generation when the run started."""
     version = version or {"version": dataset.status.get("version")}
+    lineage = {"pipeline": pipeline.name, "run": run_id, "dataset": dataset.name,
+               "datasetVersion": version.get("version"), "image": cfg.runtime_image}
+    if generation is not None:
+        lineage["pipelineGeneration"] = generation
     config = {
         "dataset": dataset.body["spec"],
         "pipeline": pipeline.body["spec"],
         "output": output,
         "datasetVersion": version.get("version"),
-        "lineage": {"pipeline": pipeline.name, "run": run_id,
-                    "dataset": dataset.name, "datasetVersion": version.get("version"),
-                    "image": cfg.runtime_image},
+        "lineage": lineage,
     }
     if version.get("snapshotUri") and version.get("snapshotSha256"):
         config["datasetSnapshot"] = {"uri": version["snapshotUri"], "sha256": version["snapshotSha256"]}
@@ -162,7 +172,7 @@ def trials_job(pipeline: Pipeline, run_id: str, config: dict[str, Any], cfg: Ope
     spec = pipeline.spec
     shards = shard_count(spec.search)
     return _job(pipeline, run_job_name(pipeline, run_id, "trials"),
-                _container(cfg, ["trial", "--shards", str(shards)], config, spec.resources),
+                _container(cfg, ["trial", "--shards", str(shards)], config, spec.resources, trains=True),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "trials"},
                 pod=spec.pod, service_account=spec.service_account_name,
                 # A shard whose every trial failed permanently fails its own index only.
@@ -181,7 +191,7 @@ def trials_job(pipeline: Pipeline, run_id: str, config: dict[str, Any], cfg: Ope
 def select_job(pipeline: Pipeline, run_id: str, config: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     spec = pipeline.spec
     return _job(pipeline, run_job_name(pipeline, run_id, "select"),
-                _container(cfg, ["select"], config, spec.resources),
+                _container(cfg, ["select"], config, spec.resources, trains=True),
                 labels={LABEL_RUN: run_id, "kiln.dev/step": "select"},
                 pod=spec.pod, service_account=spec.service_account_name, extra_spec={"backoffLimit": 1})
 

@@ -16,7 +16,7 @@ from . import spec, termination
 from .errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InvalidSpec, TrainError
 
 SCHEMA_VERSION = 1
-COMMANDS = ("validate-dataset", "trial", "select", "verify")
+COMMANDS = ("validate-dataset", "trial", "select", "verify", "reproduce")
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 
 
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--format", action="append", choices=("skops", "onnx", "joblib"),
                      help="per --uri; default from the file name (.skops, .onnx, .joblib)")
     cmd.add_argument("--allow-unsafe", action="store_true", help="load joblib files (they execute code)")
+    cmd = sub.add_parser("reproduce", help="fit a registered model again from its lineage and compare its metrics")
+    cmd.add_argument("--model-version", required=True, metavar="PATH",
+                     help="the ModelVersion as JSON (kubectl get modelversion NAME -o json), or its spec")
     return p
 
 
@@ -76,10 +79,12 @@ def _crash_lines(exc: BaseException, limit: int = 12) -> str:
 
 
 def dispatch(args: argparse.Namespace) -> dict:
-    from . import select, shard, trial, validate_cmd, verify
+    from . import reproduce, select, shard, trial, validate_cmd, verify
 
     if args.command == "verify":  # no configuration: everything is on the command line
         return verify.run(args.uri, args.sha256, args.format, args.allow_unsafe)
+    if args.command == "reproduce":  # the ModelVersion is the configuration
+        return reproduce.run(args.model_version)
     cfg = spec.parse(spec.load_raw(args.config), needs_pipeline=args.command != "validate-dataset")
     if args.command == "validate-dataset":
         return validate_cmd.run(cfg)

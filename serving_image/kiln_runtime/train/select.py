@@ -29,7 +29,9 @@ from .evaluate import better, score
 from .prepare import prepare
 from .spec import Config
 
-LINEAGE_KEYS = ("pipeline", "run", "dataset", "datasetVersion", "image")
+# What the operator passes in the configuration's `lineage`; the rest of the lineage is what this run
+# did, recorded here (lineage()), except the image digest, which only the pod's status knows.
+LINEAGE_KEYS = ("pipeline", "run", "dataset", "datasetVersion", "image", "pipelineGeneration")
 
 
 def collect(cfg: Config) -> tuple[list[dict], list[dict], int]:
@@ -189,26 +191,49 @@ def run(cfg: Config) -> dict:
         for key in ("maxProbabilityError", "maxAbsoluteError"):  # classifiers have one, regressors the other
             if key in onnx.parity:
                 artifact["onnx"][key] = onnx.parity[key]
-    lineage = {k: v for k, v in cfg.lineage.items() if k in LINEAGE_KEYS and v is not None}
-    lineage["datasetVersion"] = prep.version
     model_version = {
         "artifact": artifact,
         "framework": {"name": "scikit-learn", "version": best["sklearnVersion"]},
         "signature": signature.for_model_version(sig),
         "metrics": heldout,
         "params": best["params"],
-        "lineage": lineage,
+        "lineage": lineage(cfg, prep, best),
         "baselineUri": files["baseline.json"]["uri"],
     }
+    trained_by = trained_in(best)
     manifest_uri = f"{out}/manifest.json"
     kio.write_json(manifest_uri, {"modelVersion": model_version, "files": files, "onnx": onnx_record,
                                   "bestTrial": best["trial"], "metric": metric, "score": best["score"],
-                                  "trials": counts})
+                                  "trials": counts, "trainedBy": trained_by})
     return {**base, "result": "Succeeded", "manifestUri": manifest_uri, "modelVersion": model_version,
+            "trainedBy": trained_by,
             "onnx": {k: v for k, v in onnx_record.items() if k in ("exported", "reason")},
             "message": f"trial {best['trial']} selected: {metric} {best['score']:.6g} on {selection['on']}, "
                        f"{_test_value(heldout, metric)} on the test split ({len(y_test)} rows)"
                        f"{_beaten(base)} ({counts['succeeded']}/{counts['planned']} trials succeeded)"}
+
+
+def lineage(cfg: Config, prep, best: dict) -> dict:
+    """The ModelVersion's lineage: the operator's part (who asked) and this run's (what was trained
+    on what, with which seed and split), enough for `kiln-train reproduce` to fit the model again."""
+    pipeline = cfg.pipeline
+    out = {k: v for k, v in cfg.lineage.items() if k in LINEAGE_KEYS and v is not None}
+    out.update(datasetVersion=prep.version, trial=best["trial"], estimator=best["estimator"],
+               seed=best.get("seed", pipeline.seed), testFraction=pipeline.test_fraction,
+               cvFolds=pipeline.cv_folds)
+    if pipeline.cv_folds < 2:
+        out["validationFraction"] = pipeline.validation_fraction
+    if cfg.dataset_snapshot is not None:
+        out.update(datasetSnapshotUri=cfg.dataset_snapshot.uri, datasetSnapshotSha256=cfg.dataset_snapshot.sha256)
+    return out
+
+
+def trained_in(best: dict) -> dict:
+    """Which pod fitted the registered model, for the operator to read its image digest: this one when
+    the winner was refitted here, else the trial's (its stored model is registered as it was)."""
+    if best.get("model"):
+        return {"step": "trials", "trial": best["trial"], "pod": best.get("pod")}
+    return {"step": "select", "pod": trial.pod_name()}
 
 
 def _test_value(heldout: dict, metric: str) -> str:

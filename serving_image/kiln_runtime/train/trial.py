@@ -15,6 +15,7 @@ checks that the refit scores exactly what the trial reported. No trial sees the 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -31,6 +32,16 @@ try:  # scikit-learn's own "this parameter value is invalid" error (a ValueError
     from sklearn.utils._param_validation import InvalidParameterError
 except ImportError:  # pragma: no cover - older or newer layouts
     InvalidParameterError = ()  # type: ignore[assignment]
+
+
+# The pod's own name, from the Downward API (the operator's trials and select Jobs set it): how the
+# operator finds the pod that trained a registered model, and so the image digest it ran. An Indexed
+# Job's HOSTNAME is `<job>-<index>`, the same for every retry of an index, so it cannot say this.
+POD_ENV = "KILN_POD_NAME"
+
+
+def pod_name() -> str | None:
+    return os.environ.get(POD_ENV) or None
 
 
 def trial_prefix(output: str, index: int) -> str:
@@ -179,6 +190,7 @@ def complete(cfg: Config, prep: Prepared, index: int, search_params: dict) -> di
     try:
         result, model = train(cfg, prep, index, search_params)
         result["model"] = None
+        result["pod"] = pod_name()
         if cfg.keep_trial_models:
             fmt = cfg.pipeline.artifact_format
             model_uri = f"{prefix}/{artifacts.FILENAMES[fmt]}"

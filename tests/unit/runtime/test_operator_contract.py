@@ -11,9 +11,11 @@ import pytest
 
 from kiln_operator.api.dataset import DatasetSpec
 from kiln_operator.api.model_version import ModelVersionSpec
+from kiln_operator import pipelines
 from kiln_operator.api.training import TrainingPipelineSpec
 from kiln_operator.builders import training
 from kiln_operator.config import OperatorConfig
+from kiln_operator.jobs import JobView
 from kiln_operator.validation import parse
 from kiln_runtime.train import cli
 
@@ -34,13 +36,20 @@ def _container(job: dict) -> dict:
     return container
 
 
+def pod_name(job: dict, index: int | None) -> str:
+    return f"{job['metadata']['name']}-{index or 0}-x7k2p"
+
+
 def _run(job: dict, tmp_path, monkeypatch, index: int | None = None) -> tuple[int, dict]:
     """Runs the Job's container command in-process with the Job's environment."""
     container = _container(job)
     command, *args = container["command"]
     assert command == "kiln-train" and not container.get("args")
     for env in container["env"]:
-        monkeypatch.setenv(env["name"], env["value"])
+        if env.get("valueFrom") == {"fieldRef": {"fieldPath": "metadata.name"}}:  # what the kubelet resolves
+            monkeypatch.setenv(env["name"], pod_name(job, index))
+        else:
+            monkeypatch.setenv(env["name"], env["value"])
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # file:// store here
     log = tmp_path / "termination-log"
     monkeypatch.setenv("KILN_TERMINATION_LOG", str(log))
@@ -76,20 +85,46 @@ def test_the_operators_jobs_run_kiln_train_and_its_reports_fit_the_api(objects, 
     assert code == 0 and v["result"] == "Succeeded", v
     dataset["status"] = {"version": v["version"], "rows": v["rows"], "profileUri": v["profileUri"]}
 
+    entry = {"version": v["version"], "snapshotUri": v["snapshotUri"], "snapshotSha256": v["snapshotSha256"]}
     config = training.run_config(parse(pipeline), parse(dataset), "r1", f"{cfg.artifact_root}/runs/r1",
-                                 production("wine-v1", 0.4), cfg)
+                                 production("wine-v1", 0.4), cfg, entry, generation=4)
     trials = training.trials_job(parse(pipeline), "r1", config, cfg)
     assert trials["spec"]["completionMode"] == "Indexed"
     results = [_run(trials, tmp_path, monkeypatch, index=i) for i in range(trials["spec"]["completions"])]
     # Two grid points for three trials asked: the operator starts only the two pods that have work.
     assert [(c, s["result"]) for c, s in results] == [(0, "Succeeded"), (0, "Succeeded")]
 
-    code, sel = _run(training.select_job(parse(pipeline), "r1", config, cfg), tmp_path, monkeypatch)
+    select_job = training.select_job(parse(pipeline), "r1", config, cfg)
+    code, sel = _run(select_job, tmp_path, monkeypatch)
     assert code == 0 and sel["result"] == "Succeeded", sel
-    mv = training.model_version(parse(pipeline), "r1", 2, sel["modelVersion"])
+    # The selection refitted the winner, in the pod the Downward API named: the operator reads that
+    # pod's image digest from its status (as the cache keeps a pod: no spec).
+    assert sel["trainedBy"] == {"step": "select", "pod": pod_name(select_job, None)}
+    digest = "sha256:" + "d" * 64
+    pod = {"metadata": {"name": pod_name(select_job, None), "annotations": {}},
+           "status": {"containerStatuses": [{"name": "train", "image": "docker.io/library/kiln-runtime:dev",
+                                             "imageID": f"docker.io/library/kiln-runtime@{digest}",
+                                             "state": {"terminated": {"message": json.dumps(sel)}}}]}}
+    tp = parse({**pipeline, "status": {"lastRun": "r1", "lastRunGeneration": 4}})
+    lineage = pipelines.registered_lineage(tp, {"id": "r1", "datasetVersion": v["version"]},
+                                           sel["modelVersion"]["lineage"], sel["trainedBy"],
+                                           JobView({}, {0: sel}, [pod]), JobView({}))
+    mv = training.model_version(parse(pipeline), "r1", 2, {**sel["modelVersion"], "lineage": lineage})
     spec = ModelVersionSpec.model_validate(mv["spec"])  # extra="forbid": no field the API lacks
     assert spec.artifact.onnx and spec.artifact.onnx.parity_verified
-    assert spec.lineage.dataset_version == v["version"] and spec.lineage.run == "r1"
+    assert spec.lineage.wire() == {
+        "pipeline": "wine-forest", "run": "r1", "dataset": "wine", "datasetVersion": v["version"],
+        "datasetSnapshotUri": v["snapshotUri"], "datasetSnapshotSha256": v["snapshotSha256"],
+        "image": cfg.runtime_image, "imageDigest": digest, "pipelineGeneration": 4,
+        "trial": sel["bestTrial"], "estimator": "RandomForestClassifier", "seed": 42,
+        "testFraction": 0.2, "validationFraction": 0.2, "cvFolds": 0}
+
+    # What the registry holds is enough to fit the model again and find its metrics exactly.
+    path = tmp_path / "mv.json"
+    path.write_text(json.dumps({**mv, "spec": spec.wire()}))
+    assert cli.main(["reproduce", "--model-version", str(path)]) == 0
+    again = json.loads((tmp_path / "termination-log").read_bytes())
+    assert again["result"] == "Succeeded" and again["exact"] and again["metrics"] == sel["modelVersion"]["metrics"]
 
     registered = {**mv, "metadata": {**mv["metadata"], "uid": "u3"}, "spec": spec.wire()}
     code, ver = _run(training.verify_job(parse(registered), cfg), tmp_path, monkeypatch)

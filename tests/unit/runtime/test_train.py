@@ -137,8 +137,12 @@ def test_select_writes_the_verified_artifact_set(tmp_path, run_cli):
     assert mv["signature"]["output"] == {"type": "label", "classes": ["setosa", "versicolor", "virginica"],
                                          "name": "target"}
     assert [i["name"] for i in mv["signature"]["inputs"]][:2] == ["sepal_length_cm", "sepal_width_cm"]
+    # The operator's part, then what the run did: enough to fit the model again (`kiln-train reproduce`).
     assert mv["lineage"] == {"pipeline": "p", "run": "r1", "image": "kiln-runtime:dev",
-                             "datasetVersion": manifest["modelVersion"]["lineage"]["datasetVersion"]}
+                             "datasetVersion": manifest["modelVersion"]["lineage"]["datasetVersion"],
+                             "trial": 1, "estimator": "RandomForestClassifier", "seed": 7, "testFraction": 0.25,
+                             "validationFraction": 0.2, "cvFolds": 0}
+    assert s["trainedBy"] == manifest["trainedBy"] == {"step": "select", "pod": None}  # no Downward API here
     assert mv["params"]["max_depth"] == 4 and mv["framework"]["name"] == "scikit-learn"
     baseline = _read(mv["baselineUri"])
     assert list(baseline["columns"]) == [i["name"] for i in mv["signature"]["inputs"]]
