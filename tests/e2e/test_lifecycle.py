@@ -175,7 +175,7 @@ def run_commands(commands: list[str], cwd: Path, rc_file: Path, timeout: float =
     script = ["shopt -s expand_aliases", f"exec 3>'{rc_file}' 2>&1"]
     for i, command in enumerate(commands):
         script.append(f"printf '\\n{MARK} {i}\\n'")  # on a line of its own, after output without a newline
-        script += ["echo skipped >&3"] if NOT_RUN in command else [command, f'echo "$?" >&3']
+        script += ["echo skipped >&3"] if NOT_RUN in command else [command, 'echo "$?" >&3']
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}  # the page's own export counts
     done = subprocess.run(["bash", "-c", "\n".join(script)], stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=timeout)
@@ -223,3 +223,156 @@ def test_every_command_of_the_quickstart_runs_as_written_after_the_demo(demo, ku
         kubectl.json("get", "trainingpipeline.kiln.dev", "loans", "-n", NS)["status"]["runs"][-1]),
         timeout=300, interval=3, what="the requested run to end")
     assert run["phase"] in ("Succeeded", "GateFailed"), run
+
+
+# --- kubectl kiln: the plugin, run through the real kubectl after the demo -------------------------
+
+# The venv that runs the tests holds the console scripts pyproject declares (hack/venv.sh installs them):
+# kubectl finds `kubectl-kiln` (and `kubectl_complete-kiln`) on PATH as a user's shell would.
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def kiln(demo, store, kubeconfig, kubectl, tmp_path_factory):
+    """Runs `kubectl kiln ...` through the pinned kubectl with the venv's bin on PATH and the store's
+    address and keys in the environment, as a user of the demo has them. Each command's output is kept
+    in a file (and printed): docs/cli.md shows them."""
+    binary = sys.modules[type(kubectl).__module__].KUBECTL  # the conftest's pinned kubectl
+    assert (VENV_BIN / "kubectl-kiln").exists(), f"no kubectl-kiln in {VENV_BIN}: run `bash hack/venv.sh`"
+    transcripts = tmp_path_factory.mktemp("kubectl-kiln")
+    print(f"kubectl kiln outputs: {transcripts}")
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "KUBECONFIG": str(kubeconfig),
+           # This checkout's kiln_cli, whichever clone the shared venv's editable install points at.
+           "PYTHONPATH": f"{ROOT / 'operator'}{os.pathsep}{ROOT / 'serving_image'}",
+           "KILN_S3_ENDPOINT": store, "AWS_ACCESS_KEY_ID": "kiln-demo", "AWS_SECRET_ACCESS_KEY": "kiln-demo"}
+    count = iter(range(1, 1000))
+
+    def run(*args: str, code: int | None = 0, via: tuple[str, ...] = ("kiln",), cwd: Path | None = None):
+        done = subprocess.run([str(binary), *via, *args], capture_output=True, text=True, timeout=120, env=env,
+                              cwd=cwd)
+        shown = " ".join(a if a and " " not in a else json.dumps(a) for a in args)
+        text = f"$ kubectl {' '.join(via)} {shown}\n{done.stdout}{done.stderr}"
+        (transcripts / f"{next(count):02d}-{'-'.join(via + args[:1])}.txt").write_text(text)
+        print(f"{text}(exit {done.returncode})\n")
+        assert code is None or done.returncode == code, f"exit {done.returncode}, expected {code}:\n{text}"
+        return done
+    return run
+
+
+def _table(text: str) -> list[list[str]]:
+    return [line.split() for line in text.strip().splitlines()]
+
+
+def test_kubectl_kiln_is_a_plugin_kubectl_lists_and_completes(kiln):
+    # Its exit code also counts other plugins' warnings (one shadowing another on PATH): not this test's.
+    listed = kiln("list", via=("plugin",), code=None).stdout
+    assert str(VENV_BIN / "kubectl-kiln") in listed
+    # kubectl completes `kubectl kiln ...` itself by running kubectl_complete-kiln from PATH.
+    assert "promote" in kiln("kiln", "pro", via=("__complete",)).stdout.split()
+    assert "loans-v2" in kiln("kiln", "diff", "-n", NS, "loans-v", via=("__complete",)).stdout.split()
+    assert "complete -F _kubectl_kiln kubectl-kiln" in kiln("completion", "bash").stdout
+
+
+def test_kubectl_kiln_runs_shows_the_pipelines_runs_and_a_runs_trials_best_first(kiln, kubectl):
+    rows = {r[0]: r for r in _table(kiln("runs", "loans", "-n", NS).stdout)}
+    assert rows["RUN"][:5] == ["RUN", "PHASE", "TRIGGER", "DATA", "PLANNED"]
+    assert rows["r1"][1:3] == ["Succeeded", "create"] and "loans-v1" in rows["r1"]
+    assert rows["r2"][1:3] == ["Succeeded", "quality"] and "loans-v2" in rows["r2"]
+    assert rows["r2"][4:8] == ["2", "2", "0", "0"]  # planned, succeeded, failed, stopped: max_depth [3, 6]
+
+    out = kiln("runs", "loans", "r2", "-n", NS).stdout
+    assert out.startswith("run r2 of trainingpipeline loans: Succeeded, registered loans-v2")
+    header, *trials = _table("\n".join(out.splitlines()[1:]))
+    assert header == ["TRIAL", "STATUS", "ACCURACY", "ON", "PARAMETERS", "DURATION", "MESSAGE"]
+    assert [t[1] for t in trials] == ["Succeeded", "Succeeded"]
+    view = json.loads(kiln("runs", "loans", "r2", "-n", NS, "-o", "json").stdout)
+    scores = [t["score"] for t in view["trials"]]
+    assert scores == sorted(scores, reverse=True)
+    # The best trial, listed first, is the one the run registered.
+    registered = kubectl.json("get", "kmv", "loans-v2", "-n", NS)["spec"]["params"]
+    assert view["trials"][0]["params"]["max_depth"] == registered["max_depth"]
+    assert trials[0][4] == f"max_depth={registered['max_depth']}"
+
+    failed = kiln("runs", "loans", "r2", "-n", NS, "--s3-endpoint", "http://127.0.0.1:9", code=1)
+    assert failed.stderr.startswith("error: cannot reach the artifact store at http://127.0.0.1:9")
+    assert "not found" in kiln("runs", "loans", "r9", "-n", NS, code=1).stderr
+
+
+def test_kubectl_kiln_history_shows_v1_then_v2_and_what_serves_which(kiln, kubectl):
+    out = kiln("history", "loans", "-n", NS).stdout
+    versions, changes = out.split("\n\nStage changes:\n")
+    rows = {r[1]: r for r in _table(versions)[1:]}
+    assert rows["loans-v1"][:3] == ["1", "loans-v1", "Archived"]
+    assert rows["loans-v2"][:2] == ["2", "loans-v2"]
+    serving = kubectl.json("get", "kisvc", "loans", "-n", NS)["status"]["modelVersion"]
+    assert rows[serving][-1] == "loans"  # SERVED BY
+    history = [r[:4] for r in _table(changes)[1:]]
+    v1 = [h[3] for h in history if h[1] == "loans-v1"]
+    assert v1[0] in ("None", "Production") and v1[-1] == "Archived"
+    first_v2 = next(i for i, h in enumerate(history) if h[1] == "loans-v2")
+    assert all(h[1] == "loans-v1" for h in history[:first_v2])  # v1's registration comes before v2's
+    assert "no modelversions" in kiln("history", "iris", "-n", NS, code=1).stderr
+
+
+def test_kubectl_kiln_diff_shows_both_data_versions_and_the_metric_delta(kiln, kubectl):
+    from kiln_cli.tables import delta
+
+    a, b = (kubectl.json("get", "kmv", n, "-n", NS)["spec"] for n in ("loans-v1", "loans-v2"))
+    lines = kiln("diff", "loans-v1", "loans-v2", "-n", NS).stdout.splitlines()
+    data = next(line for line in lines if "data version" in line)
+    assert data.startswith("* ") and a["lineage"]["datasetVersion"][:12] in data and b["lineage"]["datasetVersion"][:12] in data
+    accuracy = next(line for line in lines if "metrics.accuracy" in line)
+    assert accuracy.endswith(delta(a["metrics"]["accuracy"], b["metrics"]["accuracy"])) and "(better)" in accuracy
+    assert any(line.startswith("* artifact sha256") for line in lines)
+    err = kiln("diff", "loans-v1", "iris-v9", "-n", NS, code=1).stderr
+    assert err.strip() == f'error: modelversion "iris-v9" not found in namespace "{NS}"'
+
+
+def test_kubectl_kiln_promote_is_one_patch_and_history_then_shows_the_reason(kiln, kubectl):
+    kiln("promote", "loans-v9", "--to", "Staging", "--reason", "x", "-n", NS, code=1)
+    # The demo's chart installs the promotion policy: the apiserver's refusal is printed as is.
+    refused = kiln("promote", "loans-v1", "--to", "Production", "-n", NS, code=1)
+    assert refused.stderr.startswith("Error from server (") and "kiln.dev/stage-reason" in refused.stderr
+    assert kubectl.json("get", "kmv", "loans-v1", "-n", NS)["spec"]["stage"] == "Archived"
+
+    reason = "shadow test against loans-v2"
+    out = kiln("promote", "loans-v1", "--to", "Staging", "--reason", reason, "-n", NS).stdout
+    assert out.strip() == f'modelversion "loans-v1" Archived -> Staging (reason: "{reason}")'
+    mv = kubectl.json("get", "kmv", "loans-v1", "-n", NS)
+    assert mv["spec"]["stage"] == "Staging" and mv["metadata"]["annotations"]["kiln.dev/stage-reason"] == reason
+
+    def recorded():
+        entries = (kubectl.json("get", "kmv", "loans-v1", "-n", NS).get("status") or {}).get("stageHistory") or []
+        return entries and entries[-1]["stage"] == "Staging" and entries[-1]
+    entry = kubectl.wait_for(recorded, timeout=60, interval=1, what="the operator to record the stage change")
+    history = kiln("history", "loans", "-n", NS).stdout
+    last = [line for line in history.split("Stage changes:\n")[1].splitlines() if "loans-v1" in line][-1]
+    assert last.split()[1:4] == ["loans-v1", "Archived", "Staging"]
+    if entry.get("reason"):  # the registry records the reason (StageChange.reason) where it is deployed
+        assert last.endswith(reason)
+    kiln("promote", "loans-v1", "--to", "Archived", "--reason", "shadow test over", "-n", NS)
+
+
+def test_kubectl_kiln_predict_answers_the_loans_rows_as_the_service_does(kiln, demo, tmp_path):
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT / "hack"))
+    import loans_data
+
+    frame = loans_data.period(2, 6, seed=21)
+    rows = tmp_path / "loans.csv"
+    frame.to_csv(rows, index=False)
+    out = kiln("predict", "loans", "-f", rows.name, "-n", NS, "--probabilities", cwd=tmp_path).stdout
+    header, *answers = _table(out)
+    assert header == ["INCOME", "DEBT_RATIO", "YEARS_EMPLOYED", "OUTCOME", "PREDICTION", "P(defaulted)", "P(repaid)"]
+    request = urllib.request.Request(f"{demo['url']}/v1/models/loans:predict", method="POST",
+                                     data=json.dumps({"instances": frame[loans_data.FEATURES].values.tolist()}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        expected = json.load(answer)["predictions"]
+    assert [a[4] for a in answers] == expected and set(expected) <= {"repaid", "defaulted"}
+    first = json.loads(kiln("predict", "loans", "-f", str(rows), "-n", NS, "-o", "json").stdout)[0]
+    assert first["prediction"] == expected[0] and first["income"] == frame["income"].iloc[0]  # typed as sent
+    (tmp_path / "bad.csv").write_text("income,debt_ratio\n50,0.2\n")
+    assert "has no column for the feature(s) years_employed" in kiln("predict", "loans", "-f", "bad.csv", "-n", NS,
+                                                                      code=1, cwd=tmp_path).stderr
