@@ -29,6 +29,7 @@ class Kubectl:
 
     def __init__(self, kubeconfig: Path):
         self.kubeconfig = kubeconfig
+        self.binary = KUBECTL  # for tests that run kubectl themselves (e.g. with a plugin on PATH)
 
     def run(self, *args: str, input: str | None = None, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess:

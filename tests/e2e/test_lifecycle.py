@@ -237,7 +237,7 @@ def kiln(demo, store, kubeconfig, kubectl, tmp_path_factory):
     """Runs `kubectl kiln ...` through the pinned kubectl with the venv's bin on PATH and the store's
     address and keys in the environment, as a user of the demo has them. Each command's output is kept
     in a file (and printed): docs/cli.md shows them."""
-    binary = sys.modules[type(kubectl).__module__].KUBECTL  # the conftest's pinned kubectl
+    binary = kubectl.binary  # the conftest's pinned kubectl
     assert (VENV_BIN / "kubectl-kiln").exists(), f"no kubectl-kiln in {VENV_BIN}: run `bash hack/venv.sh`"
     transcripts = tmp_path_factory.mktemp("kubectl-kiln")
     print(f"kubectl kiln outputs: {transcripts}")
