@@ -388,19 +388,35 @@ MODEL_VERSION = kind_by_name("ModelVersion")
 
 
 def archive_superseded(mv: training.Mv | None) -> None:
-    """A version newly in Production, by a run or by hand, archives the versions it supersedes that runs
-    registered (registry.superseded); a hand-registered one is never written (docs/argocd.md)."""
+    """A version newly in Production, by a run, by hand or restored after a rollback, archives the
+    versions it supersedes that runs registered (registry.superseded); a hand-registered one is never
+    written (docs/argocd.md)."""
     if mv is None or not registry.newly_in_production(mv):
         return
+    isvcs = CACHE.list("InferenceService", mv.namespace)
     for other in registry.superseded(CACHE.parsed("ModelVersion", mv.namespace), mv):
-        _store(k8s.apply(registry.archived(mv.namespace, other, mv.name)))
-        log.info(f"archived {other}: {mv.name} is now Production", **_ref(mv.body))
+        reason = registry.archive_reason(CACHE.parsed_get("ModelVersion", mv.namespace, other), mv.name, isvcs)
+        _store(k8s.apply(registry.staged(mv.namespace, other, "Archived", reason)))
+        log.info(f"archived {other}: {reason}", **_ref(mv.body))
+
+
+def restore_after_rollback(mv: training.Mv) -> training.Mv:
+    """Hands Production back to the version a rollback kept serving (registry.restore_reason); the
+    rolled-back version then leaves Production through archive_superseded. Returns `mv` as now stored."""
+    reason = registry.restore_reason(mv, CACHE.parsed("ModelVersion", mv.namespace),
+                                     CACHE.list("InferenceService", mv.namespace))
+    if not reason:
+        return mv
+    _store(k8s.apply(registry.staged(mv.namespace, mv.name, "Production", reason)))
+    log.info(f"{mv.name} back in Production: {reason}", **_ref(mv.body))
+    return CACHE.parsed_get("ModelVersion", mv.namespace, mv.name) or mv
 
 
 def reconcile_model_version(body: dict[str, Any]) -> Wakeup:
     mv = _validate(MODEL_VERSION, body)
     if not mv:
         return None
+    mv = restore_after_rollback(mv)
     archive_superseded(mv)
     verify = observe_jobs(body).get(training.verify_job_name(mv), JobView(None))
     serving = registry.served_by(mv, CACHE.list("InferenceService", mv.namespace))

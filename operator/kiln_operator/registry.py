@@ -60,13 +60,16 @@ def next_version(mvs: list[Mv], model: str) -> int:
     return max((m.spec.version for m in versions_of(mvs, model)), default=0) + 1
 
 
+def _run_registered(mv: Mv) -> bool:
+    return (mv.body["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == training.MANAGED_BY
+
+
 def to_archive(mvs: list[Mv], model: str, keep: str) -> list[str]:
     """The other Production versions of `model` that runs registered. A version a person registered
     keeps the stage they gave it: the operator never writes a user's spec (serving takes the newest
     Production version anyway)."""
     return [mv.name for mv in versions_of(mvs, model)
-            if mv.name != keep and mv.spec.stage == "Production"
-            and (mv.body["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == training.MANAGED_BY]
+            if mv.name != keep and mv.spec.stage == "Production" and _run_registered(mv)]
 
 
 def superseded(mvs: list[Mv], mv: Mv) -> list[str]:
@@ -86,14 +89,59 @@ def newly_in_production(mv: Mv) -> bool:
     return mv.spec.stage == "Production" and (not history or history[-1].get("stage") != "Production")
 
 
-def archived(namespace: str, name: str, successor: str) -> dict[str, Any]:
-    """The server-side apply that archives a superseded version: stage and reason in one request, so the
-    promotion policy stamps that very reason (a reason written by an earlier request would count as
-    stale). The policy stamps the operator's ServiceAccount as `by`."""
+# The reason of an archive by supersession: the promotion policy lets the operator hand Production back
+# to a version archived so (and to no other), when the version that superseded it was rolled back.
+SUPERSEDED_BY = "superseded by "
+
+
+def _rolled_back_by(isvcs: list[dict[str, Any]], name: str) -> list[str]:
+    """The InferenceServices that follow the Production stage and rolled `name` back."""
+    return sorted(i["metadata"]["name"] for i in isvcs
+                  if (i.get("status") or {}).get("rolledBackVersion") == name
+                  and ((i.get("spec") or {}).get("model") or {}).get("stage") == "Production")
+
+
+def archive_reason(mv: Mv, successor: str, isvcs: list[dict[str, Any]]) -> str:
+    """Why `mv` leaves Production for `successor`: a rollback, or a newer promotion."""
+    rolled_back = _rolled_back_by(isvcs, mv.name)
+    if rolled_back:
+        return f"rolled back by InferenceService {rolled_back[0]}; {successor} restored"
+    return SUPERSEDED_BY + successor
+
+
+def restore_reason(mv: Mv, mvs: list[Mv], isvcs: list[dict[str, Any]]) -> str | None:
+    """Why `mv` goes back to Production, or None: a version runs registered, archived when X superseded
+    it, which an InferenceService following Production kept serving because it rolled X back. X then
+    leaves Production (archive_reason), so the stage names what serves and "beat Production" compares
+    against it, never against a version nothing serves. Only run-registered versions are moved either
+    way: a hand-registered one is the user's (GitOps) to move."""
+    history = mv.status.get("stageHistory") or []
+    if mv.spec.stage != "Archived" or not history or not _run_registered(mv):
+        return None
+    last = history[-1]
+    reason = last.get("reason") or ""
+    if last.get("stage") != "Archived" or last.get("from") != "Production" or not reason.startswith(SUPERSEDED_BY):
+        return None
+    successor = reason[len(SUPERSEDED_BY):]
+    holder = next((m for m in mvs if m.name == successor), None)
+    if holder is None or holder.spec.stage != "Production" or not _run_registered(holder):
+        return None
+    services = [n for n in _rolled_back_by(isvcs, successor)
+                if any(i["metadata"]["name"] == n and (i.get("status") or {}).get("modelVersion") == mv.name
+                       for i in isvcs)]
+    if not services:
+        return None
+    return f"restored: {successor} was rolled back by InferenceService {services[0]}"
+
+
+def staged(namespace: str, name: str, stage: str, reason: str) -> dict[str, Any]:
+    """The server-side apply by which the operator moves a version (archives a superseded or rolled-back
+    one, restores a predecessor): stage and reason in one request, so the promotion policy stamps that
+    very reason (a reason written by an earlier request would count as stale) and the operator's
+    ServiceAccount as `by`."""
     return {"apiVersion": API_VERSION, "kind": "ModelVersion",
-            "metadata": {"name": name, "namespace": namespace,
-                         "annotations": {ANNOTATION_REASON: f"superseded by {successor}"}},
-            "spec": {"stage": "Archived"}}
+            "metadata": {"name": name, "namespace": namespace, "annotations": {ANNOTATION_REASON: reason}},
+            "spec": {"stage": stage}}
 
 
 def _stage_manager(meta: dict[str, Any]) -> str | None:

@@ -1,5 +1,6 @@
 """Serving rollouts on the real local cluster, driven by the operator: a 20% canary, a promotion under
-steady load, and a broken version refused, then (opted in) rolled back while the good one keeps serving.
+steady load, and a broken version refused, then (opted in) rolled back while the good one keeps serving;
+last, a run's broken version rolled back leaves Production to the version that kept serving.
 
 Three ModelVersions of one model `m` (a logistic regression on 20 features) are registered by hand,
 the artifacts in an S3 server (moto) on the bridge's host address: v1 and v2 are sound, v3 names a
@@ -290,3 +291,42 @@ def test_a_broken_v3_is_never_served_and_when_opted_in_is_rolled_back_while_v2_k
     pods = kubectl.json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=m")["items"]
     assert {p["metadata"]["labels"]["kiln.dev/model-version"] for p in pods
             if not p["metadata"].get("deletionTimestamp")} == {"m-v2"}
+
+
+def mv_stage_history(kubectl, ns, name: str) -> tuple[str, list[dict]]:
+    mv = kubectl.json("get", "modelversion", name, "-n", ns)
+    return mv["spec"]["stage"], (mv.get("status") or {}).get("stageHistory") or []
+
+
+def test_a_runs_version_that_is_rolled_back_leaves_production_to_the_version_still_serving(
+        kubectl, ns, service, model):
+    """What the retraining loop meets: a run registers its version in Production, which archives the
+    serving one, and the service cannot run it. Production must end up naming what serves."""
+    _, files = model
+    kubectl.run("patch", "modelversion", "m-v3", "-n", ns, "--type=merge", "-p", '{"spec":{"stage":"Archived"}}')
+    # m-v2 serves; from here on it is a run's version (what the operator may move), as is m-v4.
+    kubectl.run("label", "modelversion", "m-v2", "-n", ns, "app.kubernetes.io/managed-by=kiln-operator",
+                "kiln.dev/pipeline=m", "kiln.dev/run=r2")
+    bad = model_version(files, 4, "Production", sha256="0" * 64)
+    bad["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "kiln-operator", "kiln.dev/pipeline": "m",
+                                 "kiln.dev/run": "r4"}
+    with SteadyLoad(service, files.X, clients=2) as load:
+        kubectl.apply(json.dumps(bad), "-n", ns)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            (v2_stage, v2_history), (v4_stage, v4_history) = (mv_stage_history(kubectl, ns, n) for n in ("m-v2", "m-v4"))
+            if v2_stage == "Production" and v4_stage == "Archived" and v4_history[-1:] and v4_history[-1]["stage"] == "Archived":
+                break
+            time.sleep(1.0)
+        else:
+            raise AssertionError(f"m-v4 still in {v4_stage}, m-v2 in {v2_stage}; "
+                                 f"status: {json.dumps(isvc_status(kubectl, ns), indent=1)}")
+    print(load.report("a run's bad m-v4 rolled back, m-v2 handed Production back"))
+    assert not load.failures and set(load.answers) == {2}, (load.answers, load.failures[:5])
+    # Both moves in the histories, with why: v2 archived for v4, handed back when v4 was rolled back.
+    assert [(e["stage"], e.get("reason")) for e in v2_history[-2:]] == [
+        ("Archived", "superseded by m-v4"), ("Production", "restored: m-v4 was rolled back by InferenceService m")]
+    assert v4_history[-1]["reason"] == "rolled back by InferenceService m; m-v2 restored"
+    # The service targets v2 again: nothing is held back any more.
+    status = wait_status(kubectl, ns, lambda s: not s.get("rolledBackVersion"), "the rollback forgotten", timeout=60)
+    assert status["modelVersion"] == "m-v2"

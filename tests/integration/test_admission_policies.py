@@ -203,3 +203,23 @@ def test_the_operator_account_does_only_what_runs_do(kubectl, policy, namespace,
     assert annotations["kiln.dev/stage-changed-reason"] == "superseded by iris-v9"
     # And only that: no stage from Archived.
     assert refused(promote(operator, namespace, "iris-v1", "Staging"), "the Kiln operator")
+    # Handing Production back after a rollback: only to a run's version whose recorded history says the
+    # operator archived it as superseded (here written as the operator records it).
+    assert refused(promote(operator, namespace, "iris-v1", "Production", "restored"), "the Kiln operator")
+    record(kubectl, namespace, "iris-v1", "superseded by iris-v9")
+    restored = "restored: iris-v9 was rolled back by InferenceService iris"
+    assert promote(operator, namespace, "iris-v1", "Production", restored).returncode == 0
+    annotations = kubectl.json("get", "modelversion", "iris-v1", "-n", namespace)["metadata"]["annotations"]
+    assert annotations["kiln.dev/stage-changed-reason"] == restored
+    # A version archived because a rollback rejected it is not handed anything back.
+    assert promote(operator, namespace, "iris-v1", "Archived", "rolled back by InferenceService iris").returncode == 0
+    record(kubectl, namespace, "iris-v1", "rolled back by InferenceService iris")
+    assert refused(promote(operator, namespace, "iris-v1", "Production", "again"), "the Kiln operator")
+
+
+def record(kubectl, namespace: str, name: str, reason: str) -> None:
+    """The history entry the operator writes after it archived `name` (no operator runs in this test)."""
+    entries = [{"stage": "Production", "time": "2026-12-01T10:00:00Z"},
+               {"stage": "Archived", "from": "Production", "time": "2026-12-01T11:00:00Z", "reason": reason}]
+    kubectl.run("patch", "modelversion", name, "-n", namespace, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"stageHistory": entries}}))

@@ -100,7 +100,7 @@ def test_a_hand_registered_version_records_who_registered_it():
 
 
 def test_an_archive_by_the_operator_names_the_version_that_superseded_it():
-    manifest = registry.archived("ml", "iris-v2", "iris-v3")
+    manifest = registry.staged("ml", "iris-v2", "Archived", "superseded by iris-v3")
     assert manifest == {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion",
                         "metadata": {"name": "iris-v2", "namespace": "ml",
                                      "annotations": {"kiln.dev/stage-reason": "superseded by iris-v3"}},
@@ -165,13 +165,68 @@ def test_promoting_by_hand_archives_the_run_registered_holder_once(cluster):
                        annotations={registry.ANNOTATION_REASON: "better", **stamps(ALICE, "Production", "better")})
     cache.put(promoted)
     reconcilers.archive_superseded(parse(promoted))
-    assert applied == [registry.archived("ml", "iris-v1", "iris-v3")]
+    assert applied == [registry.staged("ml", "iris-v1", "Archived", "superseded by iris-v3")]
     assert cache.get("ModelVersion", "ml", "iris-v1")["spec"]["stage"] == "Archived"
     assert cache.get("ModelVersion", "ml", "iris-v2")["spec"]["stage"] == "Production"
     # Once recorded, the promotion is no news: nothing more is written.
     promoted["status"]["stageHistory"] = history_after(promoted)
     reconcilers.archive_superseded(parse(promoted))
     assert len(applied) == 1
+
+
+def following(name="iris", rolled_back=None, serving=None, stage="Production", version_ref=None) -> dict:
+    model = {"versionRef": {"name": version_ref}} if version_ref else {"modelName": "iris", "stage": stage}
+    return {"metadata": {"name": name, "namespace": "ml"}, "spec": {"model": model},
+            "status": {"modelVersion": serving, "rolledBackVersion": rolled_back}}
+
+
+def rollback_registry(v2_by_run: bool = True, v1_reason: str = "superseded by iris-v2") -> list[dict]:
+    """iris-v1 served Production until a run's iris-v2 superseded it; both recorded."""
+    v1 = version("Archived", n=1, labels=RUN_LABELS, annotations={registry.ANNOTATION_REASON: v1_reason},
+                 history=[{"stage": "Production", "time": EARLIER},
+                          {"stage": "Archived", "from": "Production", "time": EARLIER, "by": OPERATOR_SA,
+                           "reason": v1_reason}])
+    v2 = production(2, by_run=v2_by_run)
+    return [v1, v2]
+
+
+def test_a_rolled_back_version_hands_production_back_to_the_version_still_serving(cluster):
+    cache, applied = cluster
+    for mv in rollback_registry():
+        cache.put(mv)
+    isvc = following(rolled_back="iris-v2", serving="iris-v1")
+    cache.put({"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService", **isvc})
+    v1 = reconcilers.restore_after_rollback(parse(cache.get("ModelVersion", "ml", "iris-v1")))
+    restored = "restored: iris-v2 was rolled back by InferenceService iris"
+    assert applied == [registry.staged("ml", "iris-v1", "Production", restored)]
+    assert v1.spec.stage == "Production"
+    # Back in Production, v1 archives v2, saying why: "beat Production" now compares against v1.
+    reconcilers.archive_superseded(v1)
+    assert applied[1] == registry.staged("ml", "iris-v2", "Archived", "rolled back by InferenceService iris; iris-v1 restored")
+    assert cache.get("ModelVersion", "ml", "iris-v2")["spec"]["stage"] == "Archived"
+    assert registry.production_version([parse(m) for m in cache.list("ModelVersion", "ml")], "iris").name == "iris-v1"
+    # The entry v1's history gets names the restore.
+    stored = cache.get("ModelVersion", "ml", "iris-v1")
+    stored["metadata"]["annotations"].update(stamps(OPERATOR_SA, "Production", restored))
+    assert history_after(stored)[-1] == {"stage": "Production", "from": "Archived", "time": NOW, "by": OPERATOR_SA,
+                                         "reason": restored}
+
+
+@pytest.mark.parametrize("case", ["hand-registered successor", "archived by a person", "pinned by versionRef",
+                                  "serving another version", "following Staging", "not rolled back"])
+def test_production_is_handed_back_only_after_a_rollback_of_the_run_registered_successor(case):
+    mvs = rollback_registry(v2_by_run=case != "hand-registered successor",
+                            v1_reason="retired" if case == "archived by a person" else "superseded by iris-v2")
+    isvc = {"pinned by versionRef": following(rolled_back="iris-v2", serving="iris-v1", version_ref="iris-v1"),
+            "serving another version": following(rolled_back="iris-v2", serving="iris-v0"),
+            "following Staging": following(rolled_back="iris-v2", serving="iris-v1", stage="Staging"),
+            "not rolled back": following(serving="iris-v1")}.get(case, following(rolled_back="iris-v2", serving="iris-v1"))
+    parsed = [parse(m) for m in mvs]
+    assert registry.restore_reason(parsed[0], parsed, [isvc]) is None
+    if case not in ("hand-registered successor", "archived by a person"):
+        # The same registry with a service that rolled v2 back while following Production: handed back.
+        rolled_back = following(rolled_back="iris-v2", serving="iris-v1")
+        assert registry.restore_reason(parsed[0], parsed, [isvc, rolled_back]) is not None
 
 
 def test_the_crd_records_from_and_reason():
