@@ -1,9 +1,13 @@
 """The data plane: routes a parsed request to its endpoint, once for both protocols.
 
 The two prediction URLs of the served model are compared as whole byte strings first, so the hot
-path costs two comparisons; everything else (metadata, health, metrics, other models' names, query
-strings, percent-encoding) goes through `_route`. Answers that never change (metadata, the OpenAPI
-document) are rendered once at start.
+path costs two comparisons; everything else (metadata, health, metrics, explanations, other models'
+names, query strings, percent-encoding) goes through `_route`. Answers that never change (metadata,
+the OpenAPI document) are rendered once at start.
+
+Explanations (`:explain`, `/explain`; docs/explanations.md) are validated by the same decoders as
+predictions, then leave the event loop: `Explanations` runs them on one thread of their own, never
+through the Batcher, and refuses (503) what would queue beyond a small bound.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import orjson
 
 from . import codec_v1, codec_v2
 from .batching import Batcher, Item
+from .explaining import Explanations, target_of, v1_explanation, v2_explain_body, v2_explanation
 from .errors import BadRequest, ClientError, MethodNotAllowed, NotFound
 from .http import JSON_HEADERS
-from .metrics import V1, V2
+from .metrics import OTHER, V1, V2
 from .openapi import document as openapi_document
 from .request_ids import RequestIds
+from .rows import numeric_matrix
 from .signature import BOOLEAN, CATEGORY, INTEGER
 
 log = logging.getLogger("kiln.serve")
@@ -47,6 +53,7 @@ class App:
         self.batcher = Batcher(loop, runtime, sig, metrics, drift, settings.max_batch_size,
                                settings.max_latency_ms / 1000.0)
         self.v2 = codec_v2.Decoder(self.name, self.version, sig, runtime.has_proba)
+        self.explanations = Explanations(loop, runtime, sig)
         self._submit = self.batcher.submit
         self._v1_decode = codec_v1.decode
         name = self.name.encode()
@@ -95,6 +102,35 @@ class App:
         ctx.prefix = self.v2.answer_head(slot.rid)
         self._submit(Item(conn, slot, rows, x, n, _v2_encode, proba, "inputs[0].data", ctx))
 
+    # --- explanations: validated like predictions, then off the event loop ------------------------
+
+    def _v1_explain(self, conn, slot, body: bytes) -> None:
+        slot.protocol = OTHER  # explanations take milliseconds: kept out of the V1 latency figures
+        slot.rid = self._choose_id(slot.client_id)
+        rows, x, n, _ = self._v1_decode(body, self.sig)
+        x = self._explain_rows(rows, x, n, "instances")
+        target = target_of(orjson.loads(body).get("parameters"))  # the decoder read the rest
+        self.explanations.submit(conn, slot, x, target, v1_explanation)
+
+    def _v2_explain(self, conn, slot, body: bytes, header_len) -> None:
+        slot.protocol = OTHER
+        header_id = slot.client_id
+        slot.rid = self._choose_id(header_id)
+        body, header_len, target = v2_explain_body(body, header_len)
+        rows, x, n, _, ctx = self.v2.decode(body, header_len)
+        if ctx.body_id is not None and slot.rid is not header_id:
+            slot.rid = self._choose_id(None, ctx.body_id)
+        x = self._explain_rows(rows, x, n, "inputs[0].data")
+        prefix = self.v2.answer_head(slot.rid)
+        self.explanations.submit(conn, slot, x, target,
+                                 lambda result, selected: v2_explanation(prefix, result, selected))
+
+    def _explain_rows(self, rows, x, n: int, where: str):
+        limit = self.explanations.max_rows
+        if n > limit:
+            raise BadRequest(f"{where}: {n} rows; an explanation takes at most {limit} rows per request")
+        return numeric_matrix(rows, self.sig, where) if x is None else x
+
     def _route(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
         path = url.split(b"?", 1)[0]
         if b"%" in path:
@@ -134,8 +170,13 @@ class App:
             if method != b"POST":
                 raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
             self._v1_predict(conn, slot, body)
+        elif verb == b"explain":
+            if method != b"POST":
+                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._v1_explain(conn, slot, body)
         else:
-            raise NotFound(f"no such verb :{verb[:50].decode(errors='replace')}; V1 serves :predict")
+            raise NotFound(f"no such verb :{verb[:50].decode(errors='replace')}; V1 serves :predict "
+                           "and :explain")
 
     def _route_v2(self, conn, slot, method, path: bytes, body: bytes, header_len) -> None:
         if path == b"/v2":
@@ -175,6 +216,10 @@ class App:
             if method != b"POST":
                 raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
             self._v2_infer(conn, slot, body, header_len)
+        elif parts == [b"explain"]:
+            if method != b"POST":
+                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._v2_explain(conn, slot, body, header_len)
         elif parts == [b"feedback"]:
             if method != b"POST":
                 raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
@@ -231,9 +276,10 @@ class App:
             b"/openapi.json": dumps(openapi_document(self.name, self.version, sig, runtime.has_proba)),
             b"/metrics": b"",
             b"/": dumps({"name": "kiln-serve", "model": self.name, "version": self.version,
-                         "endpoints": ["/v1/models", f"/v1/models/{self.name}:predict", "/v2",
-                                       f"/v2/models/{self.name}/infer", f"/v2/models/{self.name}/feedback",
-                                       "/metrics", "/openapi.json"]}),
+                         "endpoints": ["/v1/models", f"/v1/models/{self.name}:predict",
+                                       f"/v1/models/{self.name}:explain", "/v2",
+                                       f"/v2/models/{self.name}/infer", f"/v2/models/{self.name}/explain",
+                                       f"/v2/models/{self.name}/feedback", "/metrics", "/openapi.json"]}),
         }
 
     # --- shutdown -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import importlib
 import io
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from kiln_runtime import store
 
@@ -124,10 +125,15 @@ def build(settings: Settings, artifacts: Artifacts):
         from .runtime_onnx import OnnxRuntime
 
         try:
-            return OnnxRuntime(artifacts.onnx_bytes, sig)
+            runtime = OnnxRuntime(artifacts.onnx_bytes, sig)
         except LoadError as exc:
             # The skops model is the source of truth; ONNX is an accelerator, so fall back loudly.
             log.warning("ONNX model not served (%s); serving the %s model instead", exc, settings.model_format)
+        else:
+            # Explanations need the scikit-learn model itself: loaded (and its types vetted) only
+            # when the first one is asked for, on the explanation thread.
+            runtime.sklearn_source = partial(_deserialize, settings, artifacts.model_bytes)
+            return runtime
     from .runtime_sklearn import SklearnRuntime
 
     return SklearnRuntime(_deserialize(settings, artifacts.model_bytes), sig)

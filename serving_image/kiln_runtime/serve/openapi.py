@@ -70,6 +70,19 @@ def document(model: str, version: str, sig: Signature, has_proba: bool) -> dict:
 
     feedback_op = post("Labels for answered requests, joined by request id (relayed to kiln-monitor)",
                        feedback_request)
+    target = {"description": "the class to explain (default: the class predicted for each row)",
+              "oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+    v1_explain = post("Feature attributions per row (docs/explanations.md)", {
+        "type": "object", "required": ["instances"], "properties": {
+            "instances": v1_request["properties"]["instances"],
+            "parameters": {"type": "object", "properties": {"target": target}}}})
+    v2_explain = post("Feature attributions per row, Open Inference Protocol style (docs/explanations.md)", {
+        "type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object", "properties": {"target": target}},
+            "inputs": v2_request["properties"]["inputs"]}})
+    for op in (v1_explain, v2_explain):
+        op["post"]["responses"]["503"] = error  # too many explanations waiting, or not explainable
     feedback_op["post"]["responses"].update({"409": error, "410": error, "421": error, "503": error})
     return {
         "openapi": "3.0.3",
@@ -79,12 +92,14 @@ def document(model: str, version: str, sig: Signature, has_proba: bool) -> dict:
             "/v1/models": get("List the served models (V1)"),
             "/v1/models/{model_name}": get("Model status (V1)", params=[model_param]),
             "/v1/models/{model_name}:predict": post("Predict (KServe V1)", v1_request),
+            "/v1/models/{model_name}:explain": v1_explain,
             "/v2": get("Server metadata (V2)"),
             "/v2/health/live": get("Liveness (V2)"),
             "/v2/health/ready": get("Readiness (V2); 503 while draining on shutdown"),
             "/v2/models/{model_name}": get("Model metadata (V2)", params=[model_param]),
             "/v2/models/{model_name}/ready": get("Model readiness (V2)", params=[model_param]),
             "/v2/models/{model_name}/infer": post("Inference (Open Inference Protocol V2)", v2_request),
+            "/v2/models/{model_name}/explain": v2_explain,
             "/v2/models/{model_name}/feedback": feedback_op,
             "/metrics": get("Prometheus metrics", ok={"description": "OK", "content": {
                 "text/plain": {"schema": {"type": "string"}}}}),

@@ -31,6 +31,8 @@ _V2_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)":
 
 class OnnxRuntime:
     kind = "onnx"
+    # Set by loader.build: loads the scikit-learn model this graph was exported from (explanations).
+    sklearn_source = None
 
     def __init__(self, model_bytes: bytes, sig: Signature, threads: int = 1):
         import onnxruntime as ort
