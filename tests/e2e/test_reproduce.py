@@ -30,12 +30,12 @@ import pytest
 from sklearn import datasets
 
 from kiln_operator import pipelines
-from kiln_operator.api.model_version import ModelVersionSpec
 from kiln_operator.builders import training
 from kiln_operator.config import OperatorConfig
-from kiln_operator.jobs import JobView, image_digest
+from kiln_operator.jobs import image_digest
 from kiln_operator.validation import parse
 from operator_process import OperatorProcess
+from registration import registered
 from s3_server import moto_server
 
 BUCKET = "kiln-repro"
@@ -179,16 +179,7 @@ def test_a_model_version_trains_again_from_its_lineage_to_the_same_metrics(s3, t
     assert sel["trainedBy"] == {"step": "select", "pod": _pod_name(select, 0)}
 
     # What the operator registers: the pod the summary names reports the image digest it ran.
-    pod = {"metadata": {"name": _pod_name(select, 0), "annotations": {}},
-           "status": {"containerStatuses": [{"name": "train", "image": "docker.io/library/kiln-runtime:test",
-                                             "imageID": f"docker.io/library/kiln-runtime@{DIGEST}",
-                                             "state": {"terminated": {"message": json.dumps(sel)}}}]}}
-    tp = parse({**pipeline, "status": {"lastRun": "r1", "lastRunGeneration": 3}})
-    lineage = pipelines.registered_lineage(tp, {"id": "r1", "datasetVersion": v["version"]},
-                                           sel["modelVersion"]["lineage"], sel["trainedBy"],
-                                           JobView({}, {0: sel}, [pod]), JobView({}))
-    mv = training.model_version(tp, "r1", 1, {**sel["modelVersion"], "lineage": lineage})
-    mv["spec"] = ModelVersionSpec.model_validate(mv["spec"]).wire()  # as the apiserver serves it back
+    mv = registered(pipeline, sel, _pod_name(select, 0), v["version"], 3, "kiln-runtime:test", DIGEST)
     recorded = mv["spec"]["lineage"]
     assert (recorded["imageDigest"], recorded["image"], recorded["pipelineGeneration"]) == (DIGEST, "kiln-runtime:test", 3)
     assert (recorded["datasetVersion"], recorded["datasetSnapshotUri"]) == (v["version"], v["snapshotUri"])

@@ -447,13 +447,8 @@ def test_predict_posts_the_rows_to_the_v1_endpoint_and_prints_the_answers(fake, 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.path, body))
-            answer = json.dumps({"predictions": ["repaid" if r["income"] > 60 else "defaulted"
-                                                 for r in body["instances"]]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            reply(self, 200, {"predictions": ["repaid" if r["income"] > 60 else "defaulted"
+                                              for r in body["instances"]]})
 
         def log_message(self, *args):
             pass
@@ -496,6 +491,15 @@ def test_the_namespace_defaults_to_the_contexts_then_default(tmp_path):
 def test_a_bad_kubeconfig_is_an_error_not_a_traceback(capsys):
     assert main.main(["history", "loans", "--kubeconfig", "/nonexistent/kubeconfig"]) == 1
     assert capsys.readouterr().err.startswith("error: cannot load the kubeconfig /nonexistent/kubeconfig")
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def serve(handler) -> HTTPServer:
@@ -576,12 +580,7 @@ def test_the_service_and_job_reads_return_plain_dicts_and_a_gone_job_is_none(tmp
             found = {"/api/v1/namespaces/kiln-demo/services/loans": {
                 "apiVersion": "v1", "kind": "Service", "metadata": {"name": "loans", "namespace": "kiln-demo"},
                 "spec": {"clusterIP": "10.96.7.7", "ports": [{"port": 80, "protocol": "TCP"}]}}}.get(self.path)
-            body = json.dumps(found or {"kind": "Status", "reason": "NotFound", "code": 404}).encode()
-            self.send_response(200 if found else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, 200 if found else 404, found or {"kind": "Status", "reason": "NotFound", "code": 404})
 
         def log_message(self, *args):
             pass

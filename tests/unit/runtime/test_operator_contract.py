@@ -11,13 +11,12 @@ import pytest
 
 from kiln_operator.api.dataset import DatasetSpec
 from kiln_operator.api.model_version import ModelVersionSpec
-from kiln_operator import pipelines
 from kiln_operator.api.training import TrainingPipelineSpec
 from kiln_operator.builders import training
 from kiln_operator.config import OperatorConfig
-from kiln_operator.jobs import JobView
 from kiln_operator.validation import parse
 from kiln_runtime.train import cli
+from registration import registered
 
 from .conftest import write_dataset
 
@@ -101,15 +100,7 @@ def test_the_operators_jobs_run_kiln_train_and_its_reports_fit_the_api(objects, 
     # pod's image digest from its status (as the cache keeps a pod: no spec).
     assert sel["trainedBy"] == {"step": "select", "pod": pod_name(select_job, None)}
     digest = "sha256:" + "d" * 64
-    pod = {"metadata": {"name": pod_name(select_job, None), "annotations": {}},
-           "status": {"containerStatuses": [{"name": "train", "image": "docker.io/library/kiln-runtime:dev",
-                                             "imageID": f"docker.io/library/kiln-runtime@{digest}",
-                                             "state": {"terminated": {"message": json.dumps(sel)}}}]}}
-    tp = parse({**pipeline, "status": {"lastRun": "r1", "lastRunGeneration": 4}})
-    lineage = pipelines.registered_lineage(tp, {"id": "r1", "datasetVersion": v["version"]},
-                                           sel["modelVersion"]["lineage"], sel["trainedBy"],
-                                           JobView({}, {0: sel}, [pod]), JobView({}))
-    mv = training.model_version(parse(pipeline), "r1", 2, {**sel["modelVersion"], "lineage": lineage})
+    mv = registered(pipeline, sel, pod_name(select_job, None), v["version"], 4, "kiln-runtime:dev", digest, 2)
     spec = ModelVersionSpec.model_validate(mv["spec"])  # extra="forbid": no field the API lacks
     assert spec.artifact.onnx and spec.artifact.onnx.parity_verified
     assert spec.lineage.wire() == {
@@ -126,8 +117,8 @@ def test_the_operators_jobs_run_kiln_train_and_its_reports_fit_the_api(objects, 
     again = json.loads((tmp_path / "termination-log").read_bytes())
     assert again["result"] == "Succeeded" and again["exact"] and again["metrics"] == sel["modelVersion"]["metrics"]
 
-    registered = {**mv, "metadata": {**mv["metadata"], "uid": "u3"}, "spec": spec.wire()}
-    code, ver = _run(training.verify_job(parse(registered), cfg), tmp_path, monkeypatch)
+    stored = {**mv, "metadata": {**mv["metadata"], "uid": "u3"}, "spec": spec.wire()}
+    code, ver = _run(training.verify_job(parse(stored), cfg), tmp_path, monkeypatch)
     assert code == 0 and ver["result"] == "Succeeded", ver
     assert ver["artifacts"][0]["sha256"] == spec.artifact.sha256
 
