@@ -6,6 +6,7 @@ FAILS with the script's output: a missing control plane is a broken build, never
 
 from __future__ import annotations
 
+import calendar
 import collections
 import json
 import hashlib
@@ -76,6 +77,23 @@ def run_shown(request, cmd: list[str], timeout: float) -> tuple[int, str]:
     return code, "".join(tail)
 
 
+def delete_stale_test_namespaces(kubeconfig: Path, older_than_s: float = 3600) -> None:
+    """The cluster's state outlives a test run (it is cached outside the repo), and a run stopped
+    before its teardowns leaves its namespaces behind, their controllers busy for good: a later run's
+    measurements would pay for them. Test namespaces (`t-...`) older than an hour go; younger ones may
+    be another run's in progress."""
+    listed = subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), "get", "namespaces", "-o", "json"],
+                            capture_output=True, text=True, timeout=60)
+    now = time.time()
+    stale = [ns["metadata"]["name"] for ns in json.loads(listed.stdout or '{"items": []}')["items"]
+             if ns["metadata"]["name"].startswith("t-") and not ns["metadata"].get("deletionTimestamp")
+             and now - calendar.timegm(time.strptime(ns["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+             > older_than_s]
+    if stale:
+        subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), "delete", "namespace", "--wait=false", *stale],
+                       capture_output=True, timeout=60)
+
+
 @pytest.fixture(scope="session")
 def kubeconfig(request) -> Path:
     """Brings the local cluster up (or reuses a running one) and leaves it as it found it."""
@@ -88,6 +106,7 @@ def kubeconfig(request) -> Path:
     if code != 0:
         pytest.fail(f"the local cluster did not start (hack/cluster-up.sh exited {code}):\n{output}", pytrace=False)
     os.environ["KUBECONFIG"] = str(path)
+    delete_stale_test_namespaces(path)
     yield path
     if not was_up and os.environ.get("KILN_KEEP_CLUSTER") != "1":
         subprocess.run(["bash", str(ROOT / "hack/cluster-down.sh")], capture_output=True, timeout=600)

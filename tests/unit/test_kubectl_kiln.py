@@ -526,27 +526,19 @@ def test_promote_sends_the_apiserver_one_merge_patch_and_reads_its_refusal(tmp_p
     stored = mv("loans-v1", 1, stage="Archived")
 
     class Apiserver(BaseHTTPRequestHandler):
-        def _answer(self, code, doc):
-            body = json.dumps(doc).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         def do_GET(self):
             requests.append(("GET", self.path, None, None))
             if self.path.endswith("/modelversions/loans-v1"):
-                return self._answer(200, stored)
-            self._answer(404, {"kind": "Status", "reason": "NotFound", "code": 404, "message": "not found"})
+                return reply(self, 200, stored)
+            reply(self, 404, {"kind": "Status", "reason": "NotFound", "code": 404, "message": "not found"})
 
         def do_PATCH(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append(("PATCH", self.path, self.headers["Content-Type"], body))
             if body["spec"]["stage"] == "Production":
-                return self._answer(422, {"kind": "Status", "reason": "Invalid", "code": 422, "message":
+                return reply(self, 422, {"kind": "Status", "reason": "Invalid", "code": 422, "message":
                                           'modelversions.kiln.dev "loans-v1" is forbidden: a reason is required'})
-            self._answer(200, {**stored, "spec": {**stored["spec"], "stage": body["spec"]["stage"]}})
+            reply(self, 200, {**stored, "spec": {**stored["spec"], "stage": body["spec"]["stage"]}})
 
         def log_message(self, *args):
             pass

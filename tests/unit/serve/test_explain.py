@@ -21,6 +21,8 @@ from kiln_runtime.serve.metrics import Metrics
 from kiln_runtime.serve.request_ids import RequestIds
 from kiln_runtime.serve.runtime_sklearn import SklearnRuntime
 
+from conftest import Transport, http_request, parse_answers
+
 TOL = 1e-6
 
 
@@ -427,36 +429,6 @@ def test_an_answer_that_does_not_add_up_is_explained_by_sampling_instead(caplog)
 
 # --- HTTP -----------------------------------------------------------------------------------------
 
-class Transport:
-    def __init__(self):
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data):
-        self.out += data
-
-    def close(self):
-        self.closed = True
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-
-def parse(data: bytes):
-    answers = []
-    while data:
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
-        size = int(headers[b"content-length"])
-        answers.append((int(lines[0].split()[1]), headers, rest[:size]))
-        data = rest[size:]
-    return answers
-
-
 class Client:
     """One connection into the app, fed on the loop as asyncio would."""
 
@@ -469,7 +441,7 @@ class Client:
         self.loop.run_until_complete(asyncio.sleep(0))
 
     def answers(self):
-        return parse(bytes(self.transport.out))
+        return parse_answers(bytes(self.transport.out))
 
     def wait(self, count: int = 1, timeout: float = 60):
         deadline = perf_counter() + timeout
@@ -478,23 +450,13 @@ class Client:
         return self.answers()
 
 
-def request(method: str, path: str, body: bytes = b"", *headers: str) -> bytes:
-    extra = "".join(h + "\r\n" for h in headers)
-    return (f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n{extra}\r\n").encode() + body
+request = http_request
 
 
 def exchange(loop, app, raw: bytes, count: int = 1):
     client = Client(loop, app)
     client.send(raw)
     return client.wait(count)
-
-
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    yield loop
-    loop.close()
 
 
 @pytest.fixture(scope="module")

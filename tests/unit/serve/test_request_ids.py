@@ -19,7 +19,7 @@ from kiln_runtime.serve.http import Connection
 from kiln_runtime.serve.metrics import Metrics
 from kiln_runtime.serve.request_ids import RequestIds, sane
 
-from conftest import numeric_signature
+from conftest import Transport, http_request, numeric_signature, parse_answers
 
 
 class Model:
@@ -28,24 +28,6 @@ class Model:
     def predict(self, x, proba):
         labels = (x[:, 0] > 0).astype(np.int64)
         return labels, (np.stack([1 - labels, labels], axis=1).astype(np.float32) if proba else None)
-
-
-class Transport:
-    def __init__(self):
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data):
-        self.out += data
-
-    def close(self):
-        self.closed = True
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
 
 
 def make_app(loop, drift=None, relay=None, token="0badcafe"):
@@ -74,32 +56,15 @@ def exchange(loop, app, raw: bytes) -> list[tuple[int, dict, bytes]]:
     deadline = perf_counter() + 60
     while conn.pending and perf_counter() < deadline:
         loop.run_until_complete(asyncio.sleep(0.01))
-    answers, data = [], bytes(transport.out)
-    while data:
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
-        size = int(headers[b"content-length"])
-        answers.append((int(lines[0].split()[1]), headers, rest[:size]))
-        data = rest[size:]
-    return answers
+    return parse_answers(bytes(transport.out))
 
 
 def post(path: str, body: bytes, *headers: str) -> bytes:
-    extra = "".join(h + "\r\n" for h in headers)
-    return (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n{extra}\r\n").encode() + body
+    return http_request("POST", path, body, *headers)
 
 
 V1 = orjson.dumps({"instances": [[1.0, 2.0, 3.0]]})
 V2 = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]})
-
-
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    yield loop
-    loop.close()
 
 
 def test_choose_keeps_sane_client_ids_and_issues_the_rest():
