@@ -94,11 +94,13 @@ def newly_in_production(mv: Mv) -> bool:
 SUPERSEDED_BY = "superseded by "
 
 
-def _rolled_back_by(isvcs: list[dict[str, Any]], name: str) -> list[str]:
-    """The InferenceServices that follow the Production stage and rolled `name` back."""
+def _rolled_back_by(isvcs: list[dict[str, Any]], name: str, serving: str | None = None) -> list[str]:
+    """The InferenceServices that follow the Production stage and rolled `name` back (and, given
+    `serving`, kept serving that version)."""
     return sorted(i["metadata"]["name"] for i in isvcs
                   if (i.get("status") or {}).get("rolledBackVersion") == name
-                  and ((i.get("spec") or {}).get("model") or {}).get("stage") == "Production")
+                  and ((i.get("spec") or {}).get("model") or {}).get("stage") == "Production"
+                  and serving in (None, (i.get("status") or {}).get("modelVersion")))
 
 
 def archive_reason(mv: Mv, successor: str, isvcs: list[dict[str, Any]]) -> str:
@@ -126,9 +128,7 @@ def restore_reason(mv: Mv, mvs: list[Mv], isvcs: list[dict[str, Any]]) -> str | 
     holder = next((m for m in mvs if m.name == successor), None)
     if holder is None or holder.spec.stage != "Production" or not _run_registered(holder):
         return None
-    services = [n for n in _rolled_back_by(isvcs, successor)
-                if any(i["metadata"]["name"] == n and (i.get("status") or {}).get("modelVersion") == mv.name
-                       for i in isvcs)]
+    services = _rolled_back_by(isvcs, successor, serving=mv.name)
     if not services:
         return None
     return f"restored: {successor} was rolled back by InferenceService {services[0]}"
@@ -182,7 +182,7 @@ def stage_change(mv: Mv, history: list[dict[str, Any]], now: str) -> dict[str, A
         if history and reason == history[-1].get("reason"):
             reason = None
     labels = meta.get("labels") or {}
-    if not history and labels.get("app.kubernetes.io/managed-by") == training.MANAGED_BY and labels.get(LABEL_RUN):
+    if not history and _run_registered(mv) and labels.get(LABEL_RUN):
         # Registered by a run straight into its pipeline's promoteTo stage (or None): the run is the reason.
         # Unstamped, the create's field manager is the client library's name: the operator is who.
         by = by if stamped else OPERATOR

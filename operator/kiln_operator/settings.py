@@ -11,8 +11,8 @@ import kopf
 class NoDiffBase(kopf.DiffBaseStorage):
     """No diff base. kopf builds one for every watch event (a deep copy of the body, then another to
     clear it, then a diff) for its on.create/update/field handlers; the operator has none (handlers.py:
-    an index and an event handler per resource), so that work was thrown away at every event: about a
-    tenth of the operator's CPU while 1,000 services are reconciled, more while a namespace is deleted."""
+    an index and an event handler per resource), so that work was thrown away at every event
+    (reconciling 1,000 services cost the operator 16.1 CPU-s without it, about 20 with it)."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
         return kopf.BodyEssence()

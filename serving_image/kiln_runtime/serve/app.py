@@ -94,13 +94,18 @@ class App:
         self._submit(Item(conn, slot, rows, x, n, _v1_encode, proba, "instances"))
 
     def _v2_infer(self, conn, slot, body: bytes, header_len) -> None:
+        rows, x, n, proba, ctx = self._v2_decode(slot, body, header_len)
+        ctx.prefix = self.v2.answer_head(slot.rid)
+        self._submit(Item(conn, slot, rows, x, n, _v2_encode, proba, "inputs[0].data", ctx))
+
+    def _v2_decode(self, slot, body: bytes, header_len):
+        """The V2 decoder's (rows, x, n, proba, ctx), with the request's id chosen."""
         header_id = slot.client_id
         slot.rid = self._choose_id(header_id)  # an answer to a bad request carries an id too
         rows, x, n, proba, ctx = self.v2.decode(body, header_len)
         if ctx.body_id is not None and slot.rid is not header_id:  # the header's id, if sane, wins
             slot.rid = self._choose_id(None, ctx.body_id)
-        ctx.prefix = self.v2.answer_head(slot.rid)
-        self._submit(Item(conn, slot, rows, x, n, _v2_encode, proba, "inputs[0].data", ctx))
+        return rows, x, n, proba, ctx
 
     # --- explanations: validated like predictions, then off the event loop ------------------------
 
@@ -114,12 +119,8 @@ class App:
 
     def _v2_explain(self, conn, slot, body: bytes, header_len) -> None:
         slot.protocol = OTHER
-        header_id = slot.client_id
-        slot.rid = self._choose_id(header_id)
         body, header_len, target = v2_explain_body(body, header_len)
-        rows, x, n, _, ctx = self.v2.decode(body, header_len)
-        if ctx.body_id is not None and slot.rid is not header_id:
-            slot.rid = self._choose_id(None, ctx.body_id)
+        rows, x, n, _, _ = self._v2_decode(slot, body, header_len)
         x = self._explain_rows(rows, x, n, "inputs[0].data")
         prefix = self.v2.answer_head(slot.rid)
         self.explanations.submit(conn, slot, x, target,
@@ -167,12 +168,10 @@ class App:
             self._get(method)
             conn.respond(slot, 200, self._static[b"v1-model"])
         elif verb == b"predict":
-            if method != b"POST":
-                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._post(method, path)
             self._v1_predict(conn, slot, body)
         elif verb == b"explain":
-            if method != b"POST":
-                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._post(method, path)
             self._v1_explain(conn, slot, body)
         else:
             raise NotFound(f"no such verb :{verb[:50].decode(errors='replace')}; V1 serves :predict "
@@ -213,16 +212,13 @@ class App:
                          b'{"name":' + orjson.dumps(self.name) + (b',"ready":false}' if self.draining
                                                                   else b',"ready":true}'))
         elif parts == [b"infer"]:
-            if method != b"POST":
-                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._post(method, path)
             self._v2_infer(conn, slot, body, header_len)
         elif parts == [b"explain"]:
-            if method != b"POST":
-                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._post(method, path)
             self._v2_explain(conn, slot, body, header_len)
         elif parts == [b"feedback"]:
-            if method != b"POST":
-                raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
+            self._post(method, path)
             if self.feedback is None:
                 conn.fail(slot, 503, "feedback is not available on this server")
                 return
@@ -237,6 +233,11 @@ class App:
         if name != self.name.encode():
             raise NotFound(f"model {name[:100].decode(errors='replace')!r} is not served here; "
                            f"this server serves {self.name!r}")
+
+    @staticmethod
+    def _post(method: bytes, path: bytes) -> None:
+        if method != b"POST":
+            raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
 
     @staticmethod
     def _get(method: bytes) -> None:

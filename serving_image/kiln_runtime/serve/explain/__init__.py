@@ -93,16 +93,13 @@ def build(model, sig: Signature, to_input) -> Explainer:
     """The best exact method this model allows, else `sampling`. Raises Unsupported."""
     pre, est = split_pipeline(model)
     n_in = sig.width
-    sources = None
+    sources, refs = list(range(n_in)), [None] * n_in
     if pre is not None:
         try:
             sources = column_sources(pre, n_in)
         except Unmappable as exc:
+            sources = None
             log.info("explanations: preprocessing not mapped to input features (%s); using sampling", exc)
-    else:
-        sources = list(range(n_in))
-    refs = [None] * n_in
-    if pre is not None:
         try:
             refs = stored_references(pre, n_in)
         except Exception as exc:  # a statistic missing where expected: no reference, not no answer

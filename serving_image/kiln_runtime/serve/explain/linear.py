@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 import numpy as np
 
 from .common import (
@@ -14,7 +13,6 @@ from .common import (
 
 if TYPE_CHECKING:
     from . import Explainer
-
 
 
 class LinearMethod:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 import numpy as np
 
 from .common import (
@@ -14,7 +13,6 @@ from .common import (
 
 if TYPE_CHECKING:
     from . import Explainer
-
 
 
 class SamplingMethod:
@@ -62,7 +60,7 @@ class SamplingMethod:
         take = ranks[:, None, :] < steps[None, :, None]  # (q, F + 1, F)
         take = np.broadcast_to(take[None], (m, q, F + 1, F)).reshape(-1, F)
         base_rows = np.repeat(bg, q * (F + 1), axis=0)
-        values, attributions, base_all = [], [], []
+        values, attributions = [], []
         for i in range(n):
             hybrid = np.where(take, x[i][None, :], base_rows)
             if hybrid.dtype != x.dtype:
@@ -75,9 +73,8 @@ class SamplingMethod:
             by_feature = np.take_along_axis(deltas, ranks[None, :, :, None], axis=2)
             attributions.append(by_feature.mean(axis=(0, 1)))
             values.append(out[:, :, F].mean(axis=(0, 1)))
-            base_all.append(out[:, :, 0].mean(axis=(0, 1)))
         values = np.array(values)
-        base = base_all[0]
+        base = out[:, :, 0].mean(axis=(0, 1))  # the background rows alone: the same for every row
         if self._columns is None:
             self._columns = output_columns(self.classes, values.shape[1])
         columns, complement = self._columns
