@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cache import KILN_KINDS, Cache, Key, owner_of
+from .registry import serves
 
 
 def _selectors(isvc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -13,12 +14,26 @@ def _selectors(isvc: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in (spec.get("model"), spec.get("canary")) if isinstance(s, dict)]
 
 
+def _in_set(models: dict[str, Any], mv: dict[str, Any]) -> bool:
+    """Whether `mv` can be one of a model set's (`spec.models`) versions."""
+    refs = models.get("versionRefs")
+    if refs:
+        return any((ref or {}).get("name") == mv["metadata"]["name"] for ref in refs)
+    names = models.get("modelNames")
+    labels = mv["metadata"].get("labels") or {}
+    return ((not names or (mv.get("spec") or {}).get("modelName") in names)
+            and all(labels.get(k) == v for k, v in (models.get("matchLabels") or {}).items()))
+
+
 def follows(isvc: dict[str, Any], mv: dict[str, Any], cache: Cache) -> bool:
     """Whether a change of `mv` (its stage, its verification, its existence) can change what `isvc` serves."""
     name, model = mv["metadata"]["name"], (mv.get("spec") or {}).get("modelName")
     status = isvc.get("status") or {}
-    if name in (status.get("modelVersion"), status.get("canaryVersion"), status.get("rolledBackVersion")):
+    if name in serves(status) or name == status.get("rolledBackVersion"):
         return True
+    models = (isvc.get("spec") or {}).get("models")
+    if isinstance(models, dict):
+        return _in_set(models, mv)
     for selector in _selectors(isvc):
         if (selector.get("versionRef") or {}).get("name") == name or selector.get("modelName") == model:
             return True
@@ -46,8 +61,7 @@ def of(obj: dict[str, Any], cache: Cache) -> list[Key]:
                  if (p.get("spec") or {}).get("modelName") == model]
     elif kind == "InferenceService":
         # What it serves is in its status: those versions' servedBy follows.
-        status = obj.get("status") or {}
-        keys += [("ModelVersion", ns, v) for v in {status.get("modelVersion"), status.get("canaryVersion")} if v]
+        keys += [("ModelVersion", ns, v) for v in serves(obj.get("status") or {}) if v]
         keys += [("ModelVersion", ns, m["metadata"]["name"]) for m in cache.list("ModelVersion", ns)
                  if meta["name"] in ((m.get("status") or {}).get("servedBy") or [])]
     elif kind == "Dataset":

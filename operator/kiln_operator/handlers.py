@@ -29,7 +29,7 @@ CHILD_LABELS = {"app.kubernetes.io/part-of": PART_OF}
 CHILD_GONE_DELAY_SECONDS = 2.0
 CHILDREN = (("batch", "v1", "jobs"), ("apps", "v1", "deployments"), ("", "v1", "pods"), ("", "v1", "services"),
             ("autoscaling", "v2", "horizontalpodautoscalers"), ("policy", "v1", "poddisruptionbudgets"),
-            ("gateway.networking.k8s.io", "v1", "httproutes"))
+            ("gateway.networking.k8s.io", "v1", "httproutes"), ("", "v1", "configmaps"))
 WATCHED = tuple((GROUP, VERSION, k.plural, None) for k in KINDS) + tuple((*c, CHILD_LABELS) for c in CHILDREN)
 
 

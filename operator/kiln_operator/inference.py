@@ -212,9 +212,9 @@ def plan(isvc: Isvc, observed: Observed, cfg: OperatorConfig) -> Plan:
     out.apply.append(serving.service(isvc))
     out.apply.append(serving.pdb(isvc))
     weights = serving.route_weights(percent if canary else None) if routed else None
-    _route(out, isvc, observed, weights)
+    route_children(out, isvc, observed, weights)
 
-    out.status.update(_observed_status(isvc, observed, serving_name, canary, weights))
+    out.status.update(observed_status(isvc, observed, serving_name, canary, weights))
     ready_pods = out.status["readyReplicas"]
     rolling = desired_name != serving_name
     if serving_name and ready_pods > 0:
@@ -231,7 +231,7 @@ def plan(isvc: Isvc, observed: Observed, cfg: OperatorConfig) -> Plan:
     return out
 
 
-def _route(out: Plan, isvc: Isvc, observed: Observed, weights: dict[str, int] | None) -> None:
+def route_children(out: Plan, isvc: Isvc, observed: Observed, weights: dict[str, int] | None) -> None:
     """The HTTPRoute and the role Services it weighs when `weights` are given; otherwise removes the
     ones a former route left, and says why a wanted route is not there."""
     name = serving.service_name(isvc)
@@ -266,7 +266,7 @@ def _serving_ready(pod: dict[str, Any], role: str) -> bool:
     return meta.get("labels", {}).get(LABEL_ROLE) == role and not meta.get("deletionTimestamp") and pod_ready(pod)
 
 
-def _observed_status(isvc: Isvc, observed: Observed, serving_name: str | None,
+def observed_status(isvc: Isvc, observed: Observed, serving_name: str | None,
                      canary: Mv | None, weights: dict[str, int] | None) -> dict[str, Any]:
     if observed.pods_complete:
         ready = {role: sum(1 for p in observed.pods if _serving_ready(p, role)) for role in ROLES}

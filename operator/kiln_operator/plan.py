@@ -13,6 +13,9 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     conditions: list[tuple[str, str, str, str]] = field(default_factory=list)  # type, status, reason, message
     events: list[tuple[str, str, str]] = field(default_factory=list)  # Normal|Warning, reason, message
+    # Annotations to set on objects Kiln made but does not apply (its serving pods): (apiVersion, kind,
+    # name, annotations).
+    annotate: list[tuple[str, str, str, dict[str, str]]] = field(default_factory=list)
     # Registry entries to create (pipeline runs only): (run id, ModelVersion spec from the select step).
     register: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # A pipeline asking its Dataset for the newest data (the kiln.dev/refresh value to set) before a run.

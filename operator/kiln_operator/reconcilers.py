@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import config, datasets, drift, drift_sources, events, inference, k8s, pipelines, quality, registry, rollout_metrics, sources
+from . import config, datasets, drift, drift_sources, events, inference, k8s, model_set, pipelines, quality, registry, rollout_metrics, sources
 from .api.kinds import API_VERSION, Kind, kind_by_name
 from .builders import serving, training
 from .builders.meta import ANNOTATION_RUN_REQUEST, LABEL_ROLE, LABEL_VERSION
@@ -97,6 +97,11 @@ def act(body: dict[str, Any], result: Plan, always_post: tuple[str, ...] = ()) -
         if CACHE.get(kind, ns, name) is not None:
             k8s.delete(api_version, kind, ns, name)
             CACHE.remove_key((kind, ns, name))
+    for api_version, kind, name, annotations in result.annotate:
+        try:
+            _store(k8s.annotate(api_version, kind, ns, name, annotations))
+        except k8s.NotFoundError:
+            pass  # a pod that just went: its replacement is annotated when it appears
     conditions, changed = events.merge_conditions(body, result.conditions)
     current = body.get("status") or {}
     update = {k: v for k, v in result.status.items() if current.get(k) != v}
@@ -157,9 +162,10 @@ def reconcile_inference(body: dict[str, Any]) -> Wakeup:
     if not isvc:
         return None
     observed = observe_inference(isvc)
-    result = inference.plan(isvc, observed, CONFIG)
+    result = (model_set if isvc.spec.models else inference).plan(isvc, observed, CONFIG)
     wake = watch_drift(isvc, observed, result)
-    act(body, result, always_post=("RolledOut", "RolledBack", "RetrainRequested", "RetrainRequestFailed"))
+    act(body, result, always_post=("RolledOut", "RolledBack", "ModelsUpdated", "RetrainRequested",
+                                    "RetrainRequestFailed"))
     # A version rolling out whose pods answer: its error rate comes from the pods' counters, which no
     # watch reports, so look again soon. Pods that do not answer yet change through watch events.
     serving_now = result.status.get("modelVersion") or (body.get("status") or {}).get("modelVersion")

@@ -202,8 +202,13 @@ def verified(mv: Mv) -> bool:
 def served_by(mv: Mv, isvcs: list[dict[str, Any]]) -> list[str]:
     """The InferenceServices serving this version (as primary or canary), by name."""
     name = mv.name
-    return sorted(i["metadata"]["name"] for i in isvcs
-                  if name in ((i.get("status") or {}).get("modelVersion"), (i.get("status") or {}).get("canaryVersion")))
+    return sorted(i["metadata"]["name"] for i in isvcs if name in serves(i.get("status") or {}))
+
+
+def serves(status: dict[str, Any]) -> set[str]:
+    """The versions a service's status names as primary, canary or one of its model set."""
+    return {status.get("modelVersion"), status.get("canaryVersion"),
+            *((entry or {}).get("version") for entry in status.get("models") or [])}
 
 
 def plan_model_version(mv: Mv, verify: JobView, cfg: OperatorConfig, now: str,

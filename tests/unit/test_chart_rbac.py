@@ -36,6 +36,8 @@ Need = tuple[str, str, str]  # (apiGroup, resource, verb)
 K8S_CALLS = {"get": ("", {"get"}), "list_": ("", {"list"}), "delete": ("", {"delete"}),
              "patch_spec": ("", {"patch"}), "patch_status": ("/status", {"patch"}),
              "pod_logs_tail": ("/log", {"get"})}
+# A plan's lists of (apiVersion, kind, name, ...) that reconcilers.act carries out, and the verb each needs.
+PLAN_VERBS = {"delete": "delete", "annotate": "patch"}
 API_VERSION = re.compile(r"^([a-z0-9.-]+/)?v\d+\w*$")
 KIND = re.compile(r"^[A-Z][A-Za-z]+$")
 
@@ -95,16 +97,16 @@ def needs_from_code() -> set[Need]:
                     if api_version and kind:
                         group, resource = resource_of(api_version, kind)
                         needs |= {(group, resource, "create"), (group, resource, "patch")}
-            # plan.delete.append(("batch/v1", "Job", name)) and plan.delete += [(...), ...]
+            # plan.delete.append(("batch/v1", "Job", name)) and plan.delete += [(...), ...]; plan.annotate alike
             elif isinstance(node, (ast.Call, ast.AugAssign)):
                 target = node.func if isinstance(node, ast.Call) else node.target
                 if isinstance(node, ast.Call):
                     target = target.value if isinstance(target, ast.Attribute) and target.attr in ("append", "extend") else None
-                if isinstance(target, ast.Attribute) and target.attr == "delete":
+                if isinstance(target, ast.Attribute) and target.attr in PLAN_VERBS:
                     for sub in ast.walk(node):
                         if found := _kind_tuple(sub, module):
                             group, resource = resource_of(*found)
-                            needs.add((group, resource, "delete"))
+                            needs.add((group, resource, PLAN_VERBS[target.attr]))
     return needs
 
 
@@ -174,4 +176,4 @@ def test_the_code_scan_sees_the_known_children():
     need = needs_from_code()
     assert {("apps", "deployments", "create"), ("", "services", "patch"), ("batch", "jobs", "delete"),
             ("autoscaling", "horizontalpodautoscalers", "delete"), ("policy", "poddisruptionbudgets", "create"),
-            ("", "pods/log", "get"), ("kiln.dev", "modelversions", "create")} <= need
+            ("", "pods/log", "get"), ("kiln.dev", "modelversions", "create"), ("", "pods", "patch")} <= need

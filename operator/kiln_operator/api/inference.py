@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .base import defaulted, DNS_LABEL, ApiModel, LocalObjectReference, PodSettings, Resources, StatusBase, cel, \
+from .base import defaulted, DNS_LABEL, ApiModel, LabelValue, LocalObjectReference, PodSettings, Resources, StatusBase, cel, \
     validations
 
 ServedStage = Literal["Staging", "Production"]
@@ -33,6 +33,34 @@ class ModelSelector(ApiModel):
     """Model whose version in `stage` is served; promotions roll out with no change here."""
     stage: ServedStage | None = None
     """Stage to follow: Staging or Production."""
+
+
+# A memory size as Kubernetes writes one: bytes, or a binary (Ki, Mi, Gi) or decimal (k, M, G) suffix.
+MEMORY = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"
+
+
+class ModelSet(ApiModel):
+    """Many models served by one Deployment, each under its own route, loaded on first request and
+    evicted least-recently-used under a memory budget (docs/multi-model.md)."""
+
+    model_config = {"json_schema_extra": validations(
+        cel("has(self.stage) != has(self.versionRefs)", "set exactly one of stage and versionRefs", ".stage"),
+        cel("has(self.stage) || (!has(self.modelNames) && !has(self.matchLabels))",
+            "modelNames and matchLabels select by stage: they need stage", ".modelNames"),
+    )}
+
+    stage: ServedStage | None = None
+    """Serve each selected model's version in this stage; a promotion changes only that model."""
+    model_names: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] | None = Field(
+        default=None, min_length=1, max_length=1000)
+    """The models to serve (with `stage`); every model with a version in the stage when unset."""
+    match_labels: dict[str, LabelValue] | None = Field(default=None, max_length=16)
+    """Only ModelVersions carrying all of these labels (with `stage`)."""
+    version_refs: list[LocalObjectReference] | None = Field(default=None, min_length=1, max_length=1000)
+    """Or a fixed list of ModelVersions, at most one per model."""
+    memory_budget: str = Field(default="512Mi", pattern=MEMORY)
+    """Most memory the loaded models and the server may hold (its resident set); least-recently-used
+    models are unloaded to stay under it. Keep it below the container's memory limit."""
 
 
 class Canary(ApiModel):
@@ -190,10 +218,21 @@ class InferenceServiceSpec(ApiModel):
     model_config = {"json_schema_extra": validations(
         cel("!has(self.monitoring.quality) || has(self.feedback)", "monitoring.quality needs feedback: "
             "quality is measured on fed-back labels", ".monitoring.quality"),
+        cel("has(self.model) != has(self.models)", "set exactly one of model and models", ".model"),
+        *(cel(f"!has(self.models) || !has(self.{name})", f"{name} is not supported with models: {why}", f".{name}")
+          for name, why in (("canary", "each model rolls out on its own, with no canary"),
+                            ("feedback", "feedback is joined per model by the monitoring sidecar, which a "
+                                         "model set does not run"),
+                            ("logging", "payload logging runs in the monitoring sidecar, which a model set "
+                                        "does not run"))),
+        cel("!has(self.models) || self.monitoring.drift.action == 'alert'", "monitoring.drift.action retrain "
+            "is not supported with models: a model set runs no drift sidecar", ".monitoring.drift.action"),
     )}
 
-    model: ModelSelector
-    """The version to serve."""
+    model: ModelSelector | None = None
+    """The version to serve (or `models`)."""
+    models: ModelSet | None = None
+    """Or many models from one Deployment (docs/multi-model.md)."""
     canary: Canary | None = None
     """An optional canary version."""
     gateway: Gateway | None = None
@@ -268,6 +307,15 @@ class QualityStatus(ApiModel):
     """When a retraining run was last requested for low quality (RFC 3339)."""
 
 
+class ServedModel(ApiModel):
+    """One model of a model set and the version the server is given."""
+
+    model: str
+    """Model name: the route `/v2/models/<model>`."""
+    version: str
+    """ModelVersion name."""
+
+
 class InferenceServiceStatus(StatusBase):
     """Observed state of an InferenceService."""
 
@@ -283,6 +331,8 @@ class InferenceServiceStatus(StatusBase):
     """Replicas of all versions."""
     ready_replicas: int | None = None
     """Ready replicas of all versions."""
+    models: list[ServedModel] | None = None
+    """With `spec.models`: every model in the servers' table and its version."""
     rolled_back_version: str | None = None
     """A version that was rolled back, and stays out until the spec changes."""
     drift: DriftStatus | None = None

@@ -63,7 +63,7 @@ def split_replicas(total_min: int, canary_percent: int) -> tuple[int, int]:
     return min(primary, 19), canary
 
 
-def _env(pairs: dict[str, Any]) -> list[dict[str, str]]:
+def env_vars(pairs: dict[str, Any]) -> list[dict[str, str]]:
     # Numbers as the stored object had them (1, not 1.0): the manifest's hash must not move.
     return [{"name": k, "value": str(served(v))} for k, v in pairs.items() if v is not None]
 
@@ -71,7 +71,7 @@ def _env(pairs: dict[str, Any]) -> list[dict[str, str]]:
 def server_env(isvc_spec: InferenceServiceSpec, mv: ModelVersionSpec, monitored: bool = True) -> list[dict[str, str]]:
     artifact = mv.artifact
     onnx = artifact.onnx if artifact.onnx and artifact.onnx.parity_verified else None
-    return _env({
+    return env_vars({
         "KILN_MODEL_NAME": mv.model_name,
         "KILN_MODEL_VERSION": mv.version,
         "KILN_MODEL_URI": artifact.uri,
@@ -109,7 +109,7 @@ def monitor_env(isvc_spec: InferenceServiceSpec, mv: ModelVersionSpec) -> list[d
         "KILN_LABEL_COLUMN": output.name,
         "KILN_TASK": "classification" if output.type == "label" else "regression",
     } if feedback is not None else {}
-    return _env({
+    return env_vars({
         "KILN_MODEL_NAME": mv.model_name,
         "KILN_MODEL_VERSION": mv.version,
         "KILN_BASELINE_URI": mv.baseline_uri,
@@ -132,33 +132,11 @@ def deployment(isvc: Isvc, mv: Mv, role: str, cfg: OperatorConfig) -> dict[str, 
     """The Deployment of one role. It sets no `replicas`: the HPA owns that field (its minReplicas
     realises the canary split), and an applied replica count would fight it on every reconcile."""
     spec = isvc.spec
-    name = deployment_name(isvc, role)
     version_labels = {LABEL_MODEL: mv.spec.model_name, LABEL_VERSION: mv.name, LABEL_ROLE: role}
-    meta = child_metadata(isvc, name, COMPONENT, **version_labels)
-    pod_labels = {**selector(isvc), **version_labels, "app.kubernetes.io/part-of": "kiln"}
     # The sidecar watches drift, and is also what writes payload logs and joins feedback.
     sidecar_work = spec.monitoring.drift.enabled or spec.logging is not None or spec.feedback is not None
     drift_on = bool(sidecar_work and mv.spec.baseline_uri)
-    server = {
-        "name": "server",
-        "image": cfg.runtime_image,
-        "imagePullPolicy": cfg.image_pull_policy,
-        "command": ["kiln-serve"],
-        "env": server_env(spec, mv.spec, monitored=drift_on) + cfg.store_env(),
-        "envFrom": cfg.store_env_from(),
-        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
-                           "periodSeconds": 2, "failureThreshold": 2},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
-                          "periodSeconds": 10, "failureThreshold": 3, "initialDelaySeconds": 5},
-        # Endpoints are removed asynchronously: keep serving a moment after SIGTERM so no client is
-        # sent to a pod that already stopped listening.
-        "lifecycle": {"preStop": {"sleep": {"seconds": 3}}},
-        "resources": _resources(spec),
-        "securityContext": RESTRICTED_CONTAINER,
-        "volumeMounts": [{"name": "handoff", "mountPath": HANDOFF_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
-    }
-    containers = [server]
+    containers = [server_container(isvc, cfg, server_env(spec, mv.spec, monitored=drift_on))]
     if drift_on:
         containers.append({
             "name": "monitor",
@@ -171,8 +149,44 @@ def deployment(isvc: Isvc, mv: Mv, role: str, cfg: OperatorConfig) -> dict[str, 
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": "monitor"}, "periodSeconds": 5},
             "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
             "securityContext": RESTRICTED_CONTAINER,
-            "volumeMounts": [{"name": "handoff", "mountPath": HANDOFF_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+            "volumeMounts": _POD_MOUNTS,
         })
+    return serving_deployment(isvc, role, version_labels, containers)
+
+
+_POD_MOUNTS = [{"name": "handoff", "mountPath": HANDOFF_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+
+
+def server_container(isvc: Isvc, cfg: OperatorConfig, env: list[dict[str, str]],
+                     mounts: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """kiln-serve's container, given what it serves (`env`)."""
+    return {
+        "name": "server",
+        "image": cfg.runtime_image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["kiln-serve"],
+        "env": env + cfg.store_env(),
+        "envFrom": cfg.store_env_from(),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 3, "initialDelaySeconds": 5},
+        # Endpoints are removed asynchronously: keep serving a moment after SIGTERM so no client is
+        # sent to a pod that already stopped listening.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 3}}},
+        "resources": _resources(isvc.spec),
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [*_POD_MOUNTS, *mounts],
+    }
+
+
+def serving_deployment(isvc: Isvc, role: str, labels: dict[str, str], containers: list[dict[str, Any]],
+                       volumes: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """A Deployment of serving pods of `role`, labelled `labels` (which include the role)."""
+    spec = isvc.spec
+    meta = child_metadata(isvc, deployment_name(isvc, role), COMPONENT, **labels)
+    pod_labels = {**selector(isvc), **labels, "app.kubernetes.io/part-of": "kiln"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -194,7 +208,7 @@ def deployment(isvc: Isvc, mv: Mv, role: str, cfg: OperatorConfig) -> dict[str, 
                     "enableServiceLinks": False,
                     "containers": containers,
                     "volumes": [{"name": "handoff", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                                {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                                {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, *volumes],
                 }, spec.pod),
             },
         },
