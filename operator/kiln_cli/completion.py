@@ -14,12 +14,12 @@ COMMANDS = ("runs", "history", "diff", "promote", "predict", "completion")
 STAGES = ("None", "Staging", "Production", "Archived")
 GLOBAL_FLAGS = ("-n", "--namespace", "--kubeconfig", "--context", "-o", "--output")
 FLAGS = {"runs": ("--s3-endpoint", "--artifact-root"), "promote": ("--to", "--reason", "--dry-run"),
-         "predict": ("-f", "--filename", "--url", "--probabilities"), "history": (), "diff": (), "completion": ()}
+         "predict": ("-f", "--filename", "--url", "--probabilities", "--model"), "history": (), "diff": (), "completion": ()}
 # What a positional argument names, per command and position.
 POSITIONAL = {"runs": ("trainingpipeline",), "history": ("model",), "diff": ("modelversion", "modelversion"),
               "promote": ("modelversion",), "predict": ("inferenceservice",), "completion": ("shell",)}
 VALUE_FLAGS = {"-n", "--namespace", "--kubeconfig", "--context", "-o", "--output", "--s3-endpoint",
-               "--artifact-root", "--to", "--reason", "-f", "--filename", "--url"}
+               "--artifact-root", "--to", "--reason", "-f", "--filename", "--url", "--model"}
 NO_FILES, FILES = ":4", ":0"
 
 

@@ -74,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", required=True, help="CSV with a header of feature names ('-': stdin)")
     p.add_argument("--url", help="the server's address (default: http://<its Service's cluster IP>:80)")
     p.add_argument("--probabilities", action="store_true", help="also each class's probability")
+    p.add_argument("--model", help="with a service serving a model set (spec.models): which model")
     p = command("completion", "print a shell completion script for kubectl-kiln")
     p.add_argument("shell", choices=("bash", "zsh"))
     return top
@@ -142,7 +143,7 @@ def cmd_promote(args) -> None:
 def cmd_predict(args) -> None:
     cluster = _cluster(args)
     isvc = cluster.get("inferenceservice", args.service)
-    mv = cluster.get("modelversion", predict.served_version(isvc))
+    mv = cluster.get("modelversion", predict.served_version(isvc, args.model))
     source = "stdin" if args.filename == "-" else args.filename
     try:
         text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()

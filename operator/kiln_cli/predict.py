@@ -2,8 +2,8 @@
 
 KServe V1 (`POST /v1/models/<model>:predict`) with instances written as {feature: value} objects: the
 server matches them to the signature by name, so the CSV's column order does not matter. The model's
-name is the served ModelVersion's spec.modelName (status.modelVersion), which is also where the
-signature that types the CSV's strings comes from.
+name is the served ModelVersion's spec.modelName (status.modelVersion; with a model set, the version of
+the model chosen with --model), which is also where the signature that types the CSV's strings comes from.
 """
 
 from __future__ import annotations
@@ -22,12 +22,23 @@ BATCH = 500
 TRUE, FALSE = {"true", "1", "yes", "t", "y"}, {"false", "0", "no", "f", "n"}
 
 
-def served_version(isvc: dict[str, Any]) -> str:
+def served_version(isvc: dict[str, Any], model: str | None = None) -> str:
+    """The ModelVersion answering for the service: the one it serves, or with a model set (`status.models`)
+    the version of `model`, which must then be chosen."""
     status = isvc.get("status") or {}
+    name = isvc["metadata"]["name"]
+    if (isvc.get("spec") or {}).get("models") is not None:
+        served = {e["model"]: e["version"] for e in status.get("models") or []}
+        listing = ", ".join(sorted(served)) or "none yet"
+        if not model:
+            raise CliError(f'inferenceservice "{name}" serves a model set: choose one with --model ({listing})')
+        if model not in served:
+            raise CliError(f'inferenceservice "{name}" serves no model "{model}" (it serves: {listing})')
+        return served[model]
     if not status.get("modelVersion"):
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         why = f" (Ready {ready.get('status')}: {ready.get('reason')}: {ready.get('message')})" if ready else ""
-        raise CliError(f'inferenceservice "{isvc["metadata"]["name"]}" serves no version yet{why}')
+        raise CliError(f'inferenceservice "{name}" serves no version yet{why}')
     return status["modelVersion"]
 
 

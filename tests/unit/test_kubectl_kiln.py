@@ -334,6 +334,16 @@ def test_a_service_serving_nothing_yet_says_why():
         predict.service_url({"metadata": {"name": "loans"}, "spec": {"clusterIP": "None"}})
 
 
+def test_a_model_set_needs_the_model_chosen_and_names_the_ones_it_serves():
+    isvc = {"metadata": {"name": "tabular"}, "spec": {"models": {"stage": "Production"}},
+            "status": {"models": [{"model": "fraud", "version": "fraud-v2"}, {"model": "churn", "version": "churn-v4"}]}}
+    assert predict.served_version(isvc, "churn") == "churn-v4"
+    with pytest.raises(CliError, match=r'serves a model set: choose one with --model \(churn, fraud\)'):
+        predict.served_version(isvc)
+    with pytest.raises(CliError, match=r'serves no model "ltv" \(it serves: churn, fraud\)'):
+        predict.served_version(isvc, "ltv")
+
+
 # --- completion ------------------------------------------------------------------------------------
 
 def test_completion_offers_commands_names_stages_and_flags():
