@@ -23,6 +23,31 @@ def server(model: str = "m", version: str = "1", classifier: bool = True) -> str
     return m.render().decode()
 
 
+def multi_server() -> str:
+    """kiln-serve in multi-model mode: two models' series in one exposition, and the repository's."""
+    from types import SimpleNamespace
+
+    from kiln_runtime.serve.metrics import ServerMetrics
+    from kiln_runtime.serve.repository import Budget, ModelState, Repository
+
+    metrics = ServerMetrics()
+    for name, classes in (("a", ("0", "1")), ("b", None)):
+        m = Metrics(name, "1", "ab" * 32, "sklearn", "skops", classes)
+        base = metrics.add(m)
+        metrics.request(base + V1, 200, 0.001)
+        m.batch(2, 0.0005, np.array([0, 1]) if classes else np.array([0.5, 3.0]))
+    metrics.request(V1, 404, 0.0001)
+    repo = Repository(None, {}, Budget(512 << 20, 100 << 20), None, rss=lambda: 150 << 20)
+    state = ModelState(SimpleNamespace(name="a", version="1", key=()))
+    state.served, state.cost = object(), 5 << 20
+    repo.states["a"] = state
+    repo._count_load("a", "ok", 0.2)
+    repo._count_load("b", "failed", 0.1)
+    repo.evictions["b"] = 1
+    metrics.extra = repo.render_metrics
+    return metrics.render().decode()
+
+
 def monitor(model: str = "m", version: str = "1") -> str:
     stats = {"psi": 0.3, "missingRate": 0.0, "outOfRangeRate": 0.01, "evaluated": True, "drift": True}
     report = {

@@ -32,7 +32,7 @@ def exposed() -> dict[str, tuple[str, set[str]]]:
     types: dict[str, str] = {}
     # A classifier and a regressor differ in one family (predictions by class, or predicted values).
     for text in (kiln_expositions.server(classifier=True), kiln_expositions.server(classifier=False),
-                 kiln_expositions.monitor(), kiln_expositions.operator()):
+                 kiln_expositions.multi_server(), kiln_expositions.monitor(), kiln_expositions.operator()):
         for line in text.splitlines():
             if line.startswith("# TYPE "):
                 _, _, name, kind = line.split()

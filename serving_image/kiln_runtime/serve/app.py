@@ -1,4 +1,6 @@
-"""The data plane: routes a parsed request to its endpoint, once for both protocols.
+"""The data plane of the single-model mode: routes a parsed request to its endpoint, once for both
+protocols. The model's own part (decoders, batcher, explanations, metadata) is a ServedModel
+(serve/served_model.py), which the multi-model mode (serve/multi_app.py) holds one of per loaded model.
 
 The two prediction URLs of the served model are compared as whole byte strings first, so the hot
 path costs two comparisons; everything else (metadata, health, metrics, explanations, other models'
@@ -7,7 +9,8 @@ the OpenAPI document) are rendered once at start.
 
 Explanations (`:explain`, `/explain`; docs/explanations.md) are validated by the same decoders as
 predictions, then leave the event loop: `Explanations` runs them on one thread of their own, never
-through the Batcher, and refuses (503) what would queue beyond a small bound.
+through the Batcher, and refuses (503) what would queue beyond a small bound. The V2 repository
+routes (`/v2/repository/...`) exist only in the multi-model mode: here they are 404.
 """
 
 from __future__ import annotations
@@ -17,21 +20,15 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from . import codec_v1, codec_v2
-from .batching import Batcher, Item
-from .explaining import Explanations, target_of, v1_explanation, v2_explain_body, v2_explanation
-from .errors import BadRequest, ClientError, MethodNotAllowed, NotFound
+from .errors import ClientError, MethodNotAllowed, NotFound
 from .http import JSON_HEADERS
-from .metrics import OTHER, V1, V2
-from .openapi import document as openapi_document
+from .metrics import V1, V2
 from .request_ids import RequestIds
-from .rows import numeric_matrix
-from .signature import BOOLEAN, CATEGORY, INTEGER
+from .served_model import ServedModel
 
 log = logging.getLogger("kiln.serve")
 
 _TEXT_METRICS = b"content-type: text/plain; version=0.0.4; charset=utf-8\r\n"
-_v1_encode, _v2_encode = codec_v1.encode, codec_v2.encode
 
 
 def _allow(methods: str) -> bytes:
@@ -50,16 +47,18 @@ class App:
         self.connections: set = set()
         self.draining = False
         self.on_idle = None  # set while draining: called when a connection closes
-        self.batcher = Batcher(loop, runtime, sig, metrics, drift, settings.max_batch_size,
-                               settings.max_latency_ms / 1000.0)
-        self.v2 = codec_v2.Decoder(self.name, self.version, sig, runtime.has_proba)
-        self.explanations = Explanations(loop, runtime, sig)
-        self._submit = self.batcher.submit
-        self._v1_decode = codec_v1.decode
+        self.model = ServedModel(settings, sig, runtime, metrics, drift, loop, self._choose_id)
+        self.batcher, self.v2, self.explanations = self.model.batcher, self.model.v2, self.model.explanations
+        # The model's own methods, bound once: the hot path costs what it cost before the split.
+        self._v1_predict, self._v2_infer = self.model.v1_predict, self.model.v2_infer
+        self._v1_explain, self._v2_explain = self.model.v1_explain, self.model.v2_explain
         name = self.name.encode()
         self.v1_predict_url = b"/v1/models/" + name + b":predict"
         self.v2_infer_url = b"/v2/models/" + name + b"/infer"
         self._static = self._render_static(server_version)
+
+    def batchers(self) -> list:
+        return [self.batcher]
 
     # --- dispatch ---------------------------------------------------------------------------------
 
@@ -84,53 +83,6 @@ class App:
             log.exception("unexpected error on %s %s", method.decode(errors="replace"),
                           url[:200].decode(errors="replace"))
             conn.fail(slot, 500, "internal error")
-
-    def _v1_predict(self, conn, slot, body: bytes) -> None:
-        slot.rid = self._choose_id(slot.client_id)
-        rows, x, n, proba = self._v1_decode(body, self.sig)
-        if proba and not self.runtime.has_proba:
-            raise BadRequest("this model has no probabilities (a regressor, or a classifier without "
-                             "predict_proba)")
-        self._submit(Item(conn, slot, rows, x, n, _v1_encode, proba, "instances"))
-
-    def _v2_infer(self, conn, slot, body: bytes, header_len) -> None:
-        rows, x, n, proba, ctx = self._v2_decode(slot, body, header_len)
-        ctx.prefix = self.v2.answer_head(slot.rid)
-        self._submit(Item(conn, slot, rows, x, n, _v2_encode, proba, "inputs[0].data", ctx))
-
-    def _v2_decode(self, slot, body: bytes, header_len):
-        """The V2 decoder's (rows, x, n, proba, ctx), with the request's id chosen."""
-        header_id = slot.client_id
-        slot.rid = self._choose_id(header_id)  # an answer to a bad request carries an id too
-        rows, x, n, proba, ctx = self.v2.decode(body, header_len)
-        if ctx.body_id is not None and slot.rid is not header_id:  # the header's id, if sane, wins
-            slot.rid = self._choose_id(None, ctx.body_id)
-        return rows, x, n, proba, ctx
-
-    # --- explanations: validated like predictions, then off the event loop ------------------------
-
-    def _v1_explain(self, conn, slot, body: bytes) -> None:
-        slot.protocol = OTHER  # explanations take milliseconds: kept out of the V1 latency figures
-        slot.rid = self._choose_id(slot.client_id)
-        rows, x, n, _ = self._v1_decode(body, self.sig)
-        x = self._explain_rows(rows, x, n, "instances")
-        target = target_of(orjson.loads(body).get("parameters"))  # the decoder read the rest
-        self.explanations.submit(conn, slot, x, target, v1_explanation)
-
-    def _v2_explain(self, conn, slot, body: bytes, header_len) -> None:
-        slot.protocol = OTHER
-        body, header_len, target = v2_explain_body(body, header_len)
-        rows, x, n, _, _ = self._v2_decode(slot, body, header_len)
-        x = self._explain_rows(rows, x, n, "inputs[0].data")
-        prefix = self.v2.answer_head(slot.rid)
-        self.explanations.submit(conn, slot, x, target,
-                                 lambda result, selected: v2_explanation(prefix, result, selected))
-
-    def _explain_rows(self, rows, x, n: int, where: str):
-        limit = self.explanations.max_rows
-        if n > limit:
-            raise BadRequest(f"{where}: {n} rows; an explanation takes at most {limit} rows per request")
-        return numeric_matrix(rows, self.sig, where) if x is None else x
 
     def _route(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
         path = url.split(b"?", 1)[0]
@@ -247,34 +199,12 @@ class App:
     # --- answers rendered once ----------------------------------------------------------------------
 
     def _render_static(self, server_version: str) -> dict[bytes, bytes]:
-        sig, runtime = self.sig, self.runtime
-        platform = "onnxruntime_onnx" if runtime.kind == "onnx" else "scikit-learn"
-        if sig.numeric:
-            inputs = [{"name": "input-0", "datatype": "FP64", "shape": [-1, sig.width]}]
-        else:
-            dt = {CATEGORY: "BYTES", BOOLEAN: "BOOL", INTEGER: "INT64"}
-            inputs = [{"name": f.name, "datatype": dt.get(f.type, "FP64"), "shape": [-1]} for f in sig.features]
-        classes = list(runtime.classes) if runtime.classes is not None else None
-        outputs = [{"name": "predict", "datatype": runtime.label_datatype, "shape": [-1]}]
-        if runtime.has_proba:
-            outputs.append({"name": "probabilities", "datatype": "FP32",
-                            "shape": [-1, len(classes) if classes else -1]})
-        features = [{"name": f.name, "type": f.type} for f in sig.features]
-        model_meta = {"name": self.name, "versions": [self.version], "platform": platform,
-                      "inputs": inputs, "outputs": outputs,
-                      "parameters": {"features": features, "classes": classes}}
         dumps = orjson.dumps
         return {
+            **self.model.answers,
             b"v1-models": dumps({"models": [self.name]}),
-            b"v1-model": dumps({"name": self.name, "ready": True, "version": self.version,
-                                "features": features, "classes": classes}),
             b"v2": dumps({"name": "kiln-serve", "version": server_version,
                           "extensions": ["binary_tensor_data", "model_configuration"]}),
-            b"v2-model": dumps(model_meta),
-            b"v2-config": dumps({"name": self.name, "platform": platform,
-                                 "max_batch_size": self.batcher.max_rows,
-                                 "input": inputs, "output": outputs}),
-            b"/openapi.json": dumps(openapi_document(self.name, self.version, sig, runtime.has_proba)),
             b"/metrics": b"",
             b"/": dumps({"name": "kiln-serve", "model": self.name, "version": self.version,
                          "endpoints": ["/v1/models", f"/v1/models/{self.name}:predict",

@@ -15,6 +15,7 @@ from bisect import bisect_left
 import numpy as np
 
 PROTOCOLS = ("v1", "v2", "other")
+_NPROTO = len(PROTOCOLS)
 V1, V2, OTHER = 0, 1, 2
 CODES = (200, 400, 404, 405, 413, 415, 500, 503)
 _CODE_INDEX = {c: i for i, c in enumerate(CODES)}
@@ -67,7 +68,8 @@ class SharedRows:
 class Metrics:
     def __init__(self, model: str, version: str, digest: str, runtime: str, fmt: str,
                  classes: tuple | None, value_buckets: tuple | None = None,
-                 shared: SharedRows | None = None, slot: int = 0):
+                 shared: SharedRows | None = None, slot: int = 0, requests_only: bool = False):
+        self.requests_only = requests_only  # ServerMetrics' own: requests that name no model
         if classes is None and value_buckets is None:
             value_buckets = DEFAULT_VALUE_BUCKETS
         self.layout = lay = Layout(classes, value_buckets if classes is None else None)
@@ -76,8 +78,7 @@ class Metrics:
         self.shared, self.slot = shared, slot
         self.handoff = None  # set by the app: an object with sent_rows and dropped_rows
         self._labels = f'model="{_esc(model)}",version="{_esc(version)}"'
-        self._info = (f'kiln_model_info{{{self._labels},digest="{_esc(digest)}",runtime="{runtime}",'
-                      f'format="{fmt}"}} 1\n')
+        self._info = "" if requests_only else self.info(model, version, digest, runtime, fmt)
         if classes is not None:
             # kiln-train lists classes as strings while the model answers its own label type (0, 1):
             # match on the text.
@@ -87,6 +88,12 @@ class Metrics:
         self._req, self._lat, self._lat_sum = lay.req, lay.lat, lay.lat_sum
         self._ncodes = len(CODES) + 1
         self._nlat = len(LATENCY_BUCKETS) + 1
+
+    def info(self, model: str, version: str, digest: str, runtime: str, fmt: str) -> str:
+        """kiln_model_info's sample (reset when a version is loaded again from another artifact)."""
+        self._info = (f'kiln_model_info{{model="{_esc(model)}",version="{_esc(version)}",'
+                      f'digest="{_esc(digest)}",runtime="{runtime}",format="{fmt}"}} 1\n')
+        return self._info
 
     # --- the request path ---------------------------------------------------------------------
 
@@ -159,47 +166,110 @@ class Metrics:
         return self.shared.rows[:, : len(self.v)].sum(axis=0).tolist()
 
     def render(self) -> bytes:
+        return render([self])
+
+    # --- one family's samples (render() puts each family's header once, before every server's) ----
+
+    def families(self) -> dict[str, list[str]]:
+        """Family name -> this object's sample lines."""
         v, lay, lbl = self.totals(), self.layout, self._labels
-        out = ["# HELP kiln_model_info The model this server serves (value 1).\n",
-               "# TYPE kiln_model_info gauge\n", self._info,
-               "# HELP kiln_requests_total Requests answered, by protocol and HTTP status code.\n",
-               "# TYPE kiln_requests_total counter\n"]
+        fam: dict[str, list[str]] = {}
+        out = fam["kiln_model_info"] = []
+        if self._info:
+            out.append(self._info)
+        out = fam["kiln_requests_total"] = []
         for p, proto in enumerate(PROTOCOLS):
             for c in range(self._ncodes):
                 n = v[lay.req + p * self._ncodes + c]
                 code = CODES[c] if c < len(CODES) else "other"
                 if n or (c == 0 and p < 2):
                     out.append(f'kiln_requests_total{{{lbl},protocol="{proto}",code="{code}"}} {_num(n)}\n')
-        out.append("# HELP kiln_request_duration_seconds Time from a request's last byte to its response.\n")
-        out.append("# TYPE kiln_request_duration_seconds histogram\n")
+        out = fam["kiln_request_duration_seconds"] = []
         for p, proto in enumerate(PROTOCOLS):
             base = lay.lat + p * self._nlat
             _histogram(out, "kiln_request_duration_seconds", f'{lbl},protocol="{proto}"', LATENCY_BUCKETS,
                        v[base: base + self._nlat], v[lay.lat_sum + p])
-        out.append("# HELP kiln_batch_size Rows per model call (requests merged by the batcher).\n")
-        out.append("# TYPE kiln_batch_size histogram\n")
+        if self.requests_only:
+            return fam
+        out = fam["kiln_batch_size"] = []
         _histogram(out, "kiln_batch_size", lbl, BATCH_BUCKETS,
                    v[lay.batch: lay.batch + len(BATCH_BUCKETS) + 1], v[lay.batch_sum])
-        out.append("# HELP kiln_inference_duration_seconds Time of one model call.\n")
-        out.append("# TYPE kiln_inference_duration_seconds histogram\n")
+        out = fam["kiln_inference_duration_seconds"] = []
         _histogram(out, "kiln_inference_duration_seconds", lbl, INFER_BUCKETS,
                    v[lay.infer: lay.infer + len(INFER_BUCKETS) + 1], v[lay.infer_sum])
         if lay.classes is not None:
-            out.append("# HELP kiln_predictions_total Predictions served, by class.\n")
-            out.append("# TYPE kiln_predictions_total counter\n")
+            out = fam["kiln_predictions_total"] = []
             for i, cls in enumerate(lay.classes):
                 out.append(f'kiln_predictions_total{{{lbl},class="{_esc(str(cls))}"}} {_num(v[lay.pred + i])}\n')
         else:
-            out.append("# HELP kiln_prediction_value Predicted values (regression), by bucket.\n")
-            out.append("# TYPE kiln_prediction_value histogram\n")
+            out = fam["kiln_prediction_value"] = []
             nb = len(lay.value_buckets) + 1
             _histogram(out, "kiln_prediction_value", lbl, lay.value_buckets,
                        v[lay.pred: lay.pred + nb], v[lay.pred_sum])
-        out.append("# HELP kiln_handoff_rows_total Rows handed to the monitoring sidecar, by outcome.\n")
-        out.append("# TYPE kiln_handoff_rows_total counter\n")
-        out.append(f'kiln_handoff_rows_total{{{lbl},outcome="sent"}} {_num(v[lay.handoff])}\n')
-        out.append(f'kiln_handoff_rows_total{{{lbl},outcome="dropped"}} {_num(v[lay.handoff + 1])}\n')
-        return "".join(out).encode()
+        fam["kiln_handoff_rows_total"] = [
+            f'kiln_handoff_rows_total{{{lbl},outcome="sent"}} {_num(v[lay.handoff])}\n',
+            f'kiln_handoff_rows_total{{{lbl},outcome="dropped"}} {_num(v[lay.handoff + 1])}\n']
+        return fam
+
+
+# Family -> (type, help), in the order they are rendered.
+FAMILIES = {
+    "kiln_model_info": ("gauge", "The model this server serves (value 1)."),
+    "kiln_requests_total": ("counter", "Requests answered, by protocol and HTTP status code."),
+    "kiln_request_duration_seconds": ("histogram", "Time from a request's last byte to its response."),
+    "kiln_batch_size": ("histogram", "Rows per model call (requests merged by the batcher)."),
+    "kiln_inference_duration_seconds": ("histogram", "Time of one model call."),
+    "kiln_predictions_total": ("counter", "Predictions served, by class."),
+    "kiln_prediction_value": ("histogram", "Predicted values (regression), by bucket."),
+    "kiln_handoff_rows_total": ("counter", "Rows handed to the monitoring sidecar, by outcome."),
+}
+
+
+def render(sources, extra: str = "") -> bytes:
+    """One exposition of several Metrics (one per model version in multi-model mode): each family's
+    HELP and TYPE once, then every source's samples of it. `extra`: more families, already rendered."""
+    per_source = [m.families() for m in sources]
+    out = []
+    for name, (kind, text) in FAMILIES.items():
+        lines = [line for fam in per_source for line in fam.get(name, ())]
+        if not lines and not any(name in fam for fam in per_source):
+            continue
+        out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
+        out.extend(lines)
+    out.append(extra)
+    return "".join(out).encode()
+
+
+class ServerMetrics:
+    """Multi-model mode: the Metrics of every model version loaded so far, and what requests naming
+    no model count under (model=""). http.Connection counts a request with `request(protocol, ...)`;
+    here `protocol` also says whose it is (a model's `base + V1/V2/OTHER`, base a multiple of
+    len(PROTOCOLS)), so the request path needs no change and no lookup by name."""
+
+    def __init__(self):
+        self.server = Metrics("", "", "", "", "", None, requests_only=True)
+        self.sources: list[Metrics] = [self.server]
+        self.extra = None  # () -> str: the repository's own families
+
+    def add(self, metrics: "Metrics") -> int:
+        """Registers a model version's Metrics; -> its protocol base."""
+        self.sources.append(metrics)
+        return _NPROTO * (len(self.sources) - 1)
+
+    def replace(self, base: int, metrics: "Metrics") -> None:
+        """The same model version loaded again with other classes: its series are replaced, not doubled."""
+        self.sources[base // _NPROTO] = metrics
+
+    def request(self, protocol: int, status: int, seconds: float) -> None:
+        owner, protocol = divmod(protocol, _NPROTO)
+        self.sources[owner].request(protocol, status, seconds)
+
+    def publish(self) -> None:
+        for m in self.sources:
+            m.publish()
+
+    def render(self) -> bytes:
+        return render(self.sources, self.extra() if self.extra is not None else "")
 
 
 def _histogram(out: list, name: str, labels: str, bounds, counts, total: float) -> None:

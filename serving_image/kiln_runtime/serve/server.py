@@ -5,6 +5,9 @@ the workers after verifying the artifacts (each builds its own runtime: onnxrunt
 meant to cross a fork); every worker binds the port with SO_REUSEPORT, so the kernel spreads
 connections over them without an accept lock, and the main process only forwards signals and reaps.
 
+Multi-model mode (KILN_MODELS_FILE, `run_multi`) serves in the main process only: the table is read,
+no model is loaded, the socket listens; the table file is polled on the event loop.
+
 SIGTERM (what the kubelet sends): stop accepting, mark not ready, close idle keep-alive connections,
 answer every request already received (each with `Connection: close`), flush the drift hand-off, exit
 0; connections still busy after KILN_SHUTDOWN_TIMEOUT_S are cut.
@@ -75,13 +78,115 @@ def serve_worker(settings, artifacts, version: str, reuse_port: bool = False,
     gc.freeze()
     # Listen only now: a connection accepted before the model is ready would wait unanswered.
     sock = make_socket(settings.host, settings.port, reuse_port)
+    def started(host, port) -> str:
+        return (f"serving model {settings.model_name} version {settings.model_version} ({runtime.kind}, sha256 "
+                f"{digest[:12]}) on {host}:{port}: {settings.workers} worker(s), batches up to "
+                f"{settings.max_batch_size} rows within {settings.max_latency_ms:.1f} ms, drift hand-off "
+                f"{settings.handoff_socket or 'off'}")
+
     try:
-        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, runtime, digest, slot))
+        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, started, slot))
     finally:
         loop.close()
 
 
-async def _lifecycle(loop, app: App, sock, settings, runtime, digest: str, slot: int) -> int:
+def run_multi(settings, table: dict, watcher, version: str) -> int:
+    """Multi-model mode (KILN_MODELS_FILE): one worker, the table read, no model loaded yet."""
+    import uvloop
+
+    from . import models_file
+    from .metrics import Metrics, ServerMetrics
+    from .multi_app import MultiApp
+    from .repository import Budget, Repository, fix_mmap_threshold, rss_bytes
+    from .served_model import ServedModel
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    fix_mmap_threshold()
+    _preload_libraries(table)
+    metrics = ServerMetrics()
+    ids = RequestIds(server_token(0))
+    by_version: dict[tuple[str, str], tuple[int, Metrics]] = {}  # the metrics of every version loaded
+
+    def make_served(entry, runtime):
+        digest = entry.settings.onnx_sha256 if runtime.kind == "onnx" else entry.settings.model_sha256
+        fmt = "onnx" if runtime.kind == "onnx" else entry.settings.model_format
+        classes = runtime.classes if entry.signature.output == "label" else None
+        classes = tuple(classes) if classes is not None else None
+        known = by_version.get((entry.name, entry.version))
+        if known is not None and known[1].layout.classes == classes:
+            base, m = known
+            m.info(entry.name, entry.version, digest, runtime.kind, fmt)
+        else:
+            m = Metrics(entry.name, entry.version, digest, runtime.kind, fmt, classes)
+            if known is not None:  # same version, other classes: its series are replaced, not doubled
+                base = known[0]
+                metrics.replace(base, m)
+            else:
+                base = metrics.add(m)
+            by_version[(entry.name, entry.version)] = (base, m)
+        return ServedModel(entry.settings, entry.signature, runtime, m, None, loop, ids.choose, base)
+
+    # As in the single-model mode, what lives as long as the process (the libraries) leaves the
+    # collector's reach: the gc.collect() after each eviction then scans only what came since.
+    gc.collect()
+    gc.freeze()
+    baseline = rss_bytes()
+    repo = Repository(loop, table, Budget(settings.memory_budget_bytes, baseline), make_served)
+    metrics.extra = repo.render_metrics
+    app = MultiApp(settings, repo, metrics, version, ids)
+    source = os.path.basename(settings.models_file)
+
+    unreadable = None  # the last error reading the file, logged once rather than every poll
+
+    def poll():
+        nonlocal unreadable
+        try:
+            data = watcher.poll()
+            unreadable = None
+        except OSError as exc:
+            if str(exc) != unreadable:
+                log.error("cannot read %s: %s; keeping the previous table", settings.models_file, exc)
+            unreadable, data = str(exc), None
+        if data is not None:
+            try:
+                new = models_file.parse(data, settings, source)
+            except models_file.TableError as exc:
+                log.error("%s; keeping the previous table", exc)
+            else:
+                repo.apply(new)
+                log.info("%s: %d models in the table", source, len(new))
+        if not repo.closed:
+            loop.call_later(settings.models_poll_s, poll)
+
+    loop.call_later(settings.models_poll_s, poll)
+    sock = make_socket(settings.host, settings.port, False)
+    def started(host, port) -> str:
+        return (f"serving {len(table)} models from {settings.models_file} on {host}:{port} (loaded on first "
+                f"request; memory budget {settings.memory_budget_bytes} bytes, {baseline} in use at start)")
+
+    try:
+        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, started, 0, repo.close))
+    finally:
+        loop.close()
+
+
+def _preload_libraries(table: dict) -> None:
+    """Imports what loads will need, before the baseline RSS is taken: otherwise the first model's
+    load would carry the libraries' memory as its own cost."""
+    import skops.io  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+
+    if any(e.settings.onnx_uri for e in table.values()):
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            pass
+
+
+async def _lifecycle(loop, app, sock, settings, started, slot: int, on_drain=None) -> int:
+    """Serves until SIGTERM/SIGINT, then drains. `started(host, port)`: the line logged once listening;
+    `on_drain`: called when draining begins (the multi-model repository answers its waiting requests)."""
     server = await loop.create_server(lambda: Connection(app), sock=sock, backlog=4096)
     stopping = loop.create_future()
 
@@ -101,15 +206,15 @@ async def _lifecycle(loop, app: App, sock, settings, runtime, digest: str, slot:
     publish()
     if slot == 0:
         host, port = sock.getsockname()[:2]
-        log.info("serving model %s version %s (%s, sha256 %s) on %s:%d: %d worker(s), batches up to %d rows "
-                 "within %.1f ms, drift hand-off %s", settings.model_name, settings.model_version, runtime.kind,
-                 digest[:12], host, port, settings.workers, settings.max_batch_size, settings.max_latency_ms,
-                 settings.handoff_socket or "off")
+        log.info("%s", started(host, port))
     signame = await stopping
     busy = sum(1 for c in app.connections if not c.idle())
     log.info("%s: draining (%d connections, %d busy)", signame, len(app.connections), busy)
     app.draining = True
-    app.batcher.draining = True
+    for batcher in app.batchers():
+        batcher.draining = True
+    if on_drain is not None:
+        on_drain()
     server.close()
     # One more pass of the loop first: requests whose bytes already sit in a socket's buffer are
     # read (and so answered) instead of being cut with the idle connection they arrived on.
@@ -123,8 +228,9 @@ async def _lifecycle(loop, app: App, sock, settings, runtime, digest: str, slot:
     app.on_idle = check_idle
     for conn in list(app.connections):
         conn.drain()
-    if app.batcher.queue:
-        app.batcher.flush()
+    for batcher in app.batchers():
+        if batcher.queue:
+            batcher.flush()
     check_idle()
     code = 0
     try:
