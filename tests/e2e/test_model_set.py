@@ -1,0 +1,247 @@
+"""Many models from one InferenceService on the real local cluster (`spec.models`, issue 19 item 3).
+
+Twelve small models (logistic regressions on 20 features, each fitted to different data) are
+registered by hand in Production, their artifacts in an S3 server (moto) on the bridge's host address,
+each verified by its Job as any version is. One InferenceService serves them all from one pod: every
+model answers under its own route with its own predictions, the server's resident memory stays within
+the set's budget, and a promotion of one model switches that model's answers under steady load on all
+of them, with no failed request and no pod restarted. Needs the node and the runtime image.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+
+import boto3
+import numpy as np
+import pytest
+import serve_models
+
+from operator_process import OperatorProcess
+from s3_server import moto_server
+
+pytestmark = pytest.mark.cluster
+
+BRIDGE_IP = "10.244.0.1"  # hack/lib.sh: the pod bridge's host side, reachable from pods
+BUCKET = "kiln-models"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e"}
+MODELS = [f"m{i}" for i in range(12)]
+PROMOTED = "m3"
+BUDGET = 320 * 2**20  # memoryBudget: 320Mi
+
+
+@pytest.fixture(scope="module")
+def ns(kubectl, crds):
+    name = f"t-models-{uuid.uuid4().hex[:6]}"
+    kubectl.run("create", "namespace", name)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kiln-store", "namespace": name},
+              "stringData": CREDENTIALS}
+    kubectl.apply(json.dumps(secret))
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(S3 URL, {(model, version): ModelFiles}): version 1 of every model, and a version 2 of PROMOTED."""
+    root = tmp_path_factory.mktemp("models")
+    with moto_server(BRIDGE_IP) as url:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id="e2e", aws_secret_access_key="e2e")
+        client.create_bucket(Bucket=BUCKET)
+        files = {}
+        for seed, (model, version) in enumerate([*((m, 1) for m in MODELS), (PROMOTED, 2)]):
+            built = serve_models.build(root / f"{model}-v{version}", "lr", seed=seed)
+            client.upload_file(str(built.skops), BUCKET, f"{model}/v{version}/model.skops")
+            files[model, version] = built
+        yield url, files
+
+
+def model_version(files, model: str, version: int, stage: str) -> dict:
+    built = files[model, version]
+    signature = json.loads(built.signature.read_text())
+    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"{model}-v{version}"},
+            "spec": {"modelName": model, "version": version, "stage": stage, "signature": signature,
+                     "framework": {"name": "scikit-learn", "version": "1.8.0"},
+                     "artifact": {"uri": f"s3://{BUCKET}/{model}/v{version}/model.skops", "format": "skops",
+                                  "sha256": built.sha["model.skops"]}}}
+
+
+def status_of(kubectl, ns) -> dict:
+    return kubectl.json("get", "inferenceservice", "tabular", "-n", ns).get("status") or {}
+
+
+def wait_status(kubectl, ns, predicate, what: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    status = {}
+    while time.monotonic() < deadline:
+        status = status_of(kubectl, ns)
+        if predicate(status):
+            return status
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; status: {json.dumps(status, indent=1)}")
+
+
+@pytest.fixture(scope="module")
+def service(kubectl, kubeconfig, ns, models, tmp_path_factory):
+    """The operator running, every model's v1 in Production, one InferenceService serving them all;
+    yields the Service's base URL."""
+    url, files = models
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {"KILN_S3_ENDPOINT": url, "KILN_STORE_SECRET": "kiln-store", "KILN_ARTIFACT_ROOT": f"s3://{BUCKET}/runs"}
+    with OperatorProcess(kubeconfig, log, "--namespace", ns, env=env):
+        kubectl.apply("\n---\n".join(json.dumps(model_version(files, m, 1, "Production")) for m in MODELS), "-n", ns)
+        isvc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "tabular"},
+                "spec": {"models": {"stage": "Production", "memoryBudget": "320Mi"},
+                         "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}}}
+        kubectl.apply(json.dumps(isvc), "-n", ns)
+        try:
+            wait_status(kubectl, ns, lambda s: len(s.get("models") or []) == len(MODELS) and s.get("readyReplicas") == 1,
+                        f"{len(MODELS)} models in the table and a ready server", timeout=300)
+            ip = kubectl.json("get", "service", "tabular", "-n", ns)["spec"]["clusterIP"]
+            yield f"http://{ip}"
+        except BaseException:
+            print(log.read_text()[-6000:])
+            print(kubectl.run("get", "kiln,deploy,pods,cm", "-n", ns, "-o", "wide", check=False).stdout)
+            raise
+
+
+def infer(base: str, model: str, rows: np.ndarray) -> tuple[str, list]:
+    """(version that answered, labels) for `rows` sent to `model`'s V2 route."""
+    body = json.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64",
+                                   "data": rows.ravel().tolist()}]})
+    req = urllib.request.Request(f"{base}/v2/models/{model}/infer", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        doc = json.load(answer)
+    return doc["model_version"], doc["outputs"][0]["data"]
+
+
+def own_labels(files, model: str, version: int, rows: np.ndarray) -> list:
+    return [str(v) for v in files[model, version].model.predict(rows)]
+
+
+def server_pod(kubectl, ns) -> dict:
+    (pod,) = [p for p in kubectl.json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=tabular")["items"]
+              if not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
+def resident_bytes(kubectl, ns, pod: str) -> int:
+    """kiln-serve's resident set, as the kernel counts it (VmRSS of PID 1 in the server container)."""
+    out = kubectl.run("exec", "-n", ns, pod, "-c", "server", "--", "grep", "VmRSS", "/proc/1/status").stdout
+    return int(out.split()[1]) * 1024
+
+
+def test_every_model_answers_with_its_own_predictions_within_the_memory_budget(kubectl, ns, service, models):
+    _, files = models
+    rows = files["m0", 1].X[:8]
+    pod = server_pod(kubectl, ns)["metadata"]["name"]
+    answers = {}
+    peak = 0
+    for _ in range(2):  # round-robin twice: the second round finds them loaded, or loads them again
+        for model in MODELS:
+            version, labels = infer(service, model, rows)
+            assert version == "1"
+            assert [str(v) for v in labels] == own_labels(files, model, 1, rows), model
+            answers[model] = tuple(labels)
+        peak = max(peak, resident_bytes(kubectl, ns, pod))
+    assert len(set(answers.values())) > 1, "every model gave the same answers: the routes do not reach their own models"
+    assert peak < BUDGET, f"server resident set {peak / 2**20:.0f} MiB above the budget {BUDGET / 2**20:.0f} MiB"
+    with pytest.raises(urllib.error.HTTPError) as unknown:
+        infer(service, "nope", rows)
+    assert unknown.value.code == 404 and "nope" in unknown.value.read().decode()
+    index = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{service}/v2/repository/index", data=b"{}", headers={"Content-Type": "application/json"}), timeout=10).read())
+    assert {entry["name"] for entry in index} == set(MODELS)
+
+
+class SteadyLoad:
+    """Clients sending V2 requests round-robin over every model until stopped: answers by
+    (model, version), and failures."""
+
+    def __init__(self, base: str, rows: np.ndarray, clients: int = 4):
+        self.base, self.rows, self.clients = base, rows, clients
+        self.answers: Counter = Counter()
+        self.failures: list[str] = []
+        self.first_v2: float | None = None
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def _client(self, offset: int) -> None:
+        i = offset
+        while not self.stop.is_set():
+            model = MODELS[i % len(MODELS)]
+            try:
+                version, _ = infer(self.base, model, self.rows)
+                with self.lock:
+                    self.answers[model, version] += 1
+                    if version == "2" and self.first_v2 is None:
+                        self.first_v2 = time.monotonic()
+            except Exception as exc:  # any refused, reset or non-200 request is a failed request
+                with self.lock:
+                    self.failures.append(f"{model}: {type(exc).__name__}: {exc}")
+            i += self.clients
+
+    def __enter__(self) -> "SteadyLoad":
+        self.threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(self.clients)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+def test_promoting_one_model_switches_it_alone_with_no_failed_request_and_no_restart(kubectl, ns, service, models):
+    _, files = models
+    rows = files["m0", 1].X[:4]
+    before = server_pod(kubectl, ns)
+    with SteadyLoad(service, rows) as load:
+        time.sleep(2)
+        kubectl.apply(json.dumps(model_version(files, PROMOTED, 2, "Staging")), "-n", ns)
+        wait_for = f"{PROMOTED}-v2 verified"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            mv = kubectl.json("get", "modelversion", f"{PROMOTED}-v2", "-n", ns)
+            if (mv.get("status") or {}).get("verifiedSha256"):
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"timed out waiting for {wait_for}")
+        promoted_at = time.monotonic()
+        kubectl.run("patch", "modelversion", f"{PROMOTED}-v2", "-n", ns, "--type", "merge",
+                    "-p", '{"spec":{"stage":"Production"}}')
+        kubectl.run("patch", "modelversion", f"{PROMOTED}-v1", "-n", ns, "--type", "merge",
+                    "-p", '{"spec":{"stage":"Archived"}}')
+        deadline = time.monotonic() + 120
+        while load.first_v2 is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+    served = sum(load.answers.values())
+    print(f"promotion under load: {served} requests, {len(load.failures)} failed; {PROMOTED}-v2 answered "
+          f"{(load.first_v2 or float('nan')) - promoted_at:.1f} s after the stage change; by (model, version) "
+          f"{dict(sorted(load.answers.items()))}")
+    assert load.failures == [], load.failures[:5]
+    assert load.first_v2 is not None, f"{PROMOTED} never answered with version 2"
+    assert {v for (m, v) in load.answers if m != PROMOTED} == {"1"}, "another model changed version"
+    assert all(load.answers[m, "1"] > 0 for m in MODELS if m != PROMOTED)
+    version, labels = infer(service, PROMOTED, rows)
+    assert (version, [str(v) for v in labels]) == ("2", own_labels(files, PROMOTED, 2, rows))
+    after = server_pod(kubectl, ns)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"], "the promotion replaced the server pod"
+    assert after["status"]["containerStatuses"][0]["restartCount"] == before["status"]["containerStatuses"][0]["restartCount"]
+    status = wait_status(kubectl, ns, lambda s: {"model": PROMOTED, "version": f"{PROMOTED}-v2"} in (s.get("models") or []),
+                         f"status.models naming {PROMOTED}-v2", timeout=30)
+    assert len(status["models"]) == len(MODELS)
+    events = kubectl.json("get", "events", "-n", ns, "--field-selector", "reason=ModelsUpdated")["items"]
+    assert any(f"{PROMOTED}: {PROMOTED}-v1 -> {PROMOTED}-v2" in e["message"] for e in events)
