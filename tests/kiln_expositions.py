@@ -41,8 +41,8 @@ def multi_server() -> str:
     state = ModelState(SimpleNamespace(name="a", version="1", key=()))
     state.served, state.cost = object(), 5 << 20
     repo.states["a"] = state
-    repo._count_load("a", "ok", 0.2)
-    repo._count_load("b", "failed", 0.1)
+    repo._count_load(SimpleNamespace(name="a", version="1"), "ok", 0.2)
+    repo._count_load(SimpleNamespace(name="b", version="2"), "failed", 0.1)
     repo.evictions["b"] = 1
     metrics.extra = repo.render_metrics
     return metrics.render().decode()

@@ -217,7 +217,7 @@ class Repository:
         self.states: dict[str, ModelState] = {name: ModelState(e) for name, e in table.items()}
         self.closed = False
         # metrics
-        self.loads: dict[tuple[str, str], int] = {}  # (model, ok|failed) -> count
+        self.loads: dict[tuple[str, str, str], int] = {}  # (model, version, ok|failed) -> count
         self.evictions: dict[str, int] = {}
         self.load_seconds = [0.0] * (len(LOAD_BUCKETS) + 1)
         self.load_seconds_sum = 0.0
@@ -316,7 +316,7 @@ class Repository:
         old = state.served
         state.served, state.served_entry, state.cost = served, entry, cost
         state.failure, state.reason, state.last_used = None, "", self.clock()
-        self._count_load(entry.name, "ok", seconds)
+        self._count_load(entry, "ok", seconds)
         log.info("model %s version %s loaded in %.3f s (%d bytes accounted)%s", entry.name, entry.version,
                  seconds, cost, f"; replaces version {old.version}" if old is not None else "")
         if old is not None:
@@ -329,7 +329,7 @@ class Repository:
     def _failed(self, state: ModelState, entry, message: str, seconds: float) -> None:
         state.loading = None
         state.failure = (entry.key, message, self.clock())
-        self._count_load(entry.name, "failed", seconds)
+        self._count_load(entry, "failed", seconds)
         still = f"; version {state.served.version} goes on answering" if state.served is not None else ""
         log.error("model %s version %s failed to load: %s%s", entry.name, entry.version, message, still)
         waiters, state.waiters = state.waiters, []
@@ -337,8 +337,9 @@ class Repository:
         for _, on_error in waiters:
             on_error(503, text, False)
 
-    def _count_load(self, name: str, result: str, seconds: float) -> None:
-        self.loads[(name, result)] = self.loads.get((name, result), 0) + 1
+    def _count_load(self, entry, result: str, seconds: float) -> None:
+        key = (entry.name, entry.version, result)
+        self.loads[key] = self.loads.get(key, 0) + 1
         if result == "ok":
             from bisect import bisect_left
 
@@ -444,10 +445,10 @@ class Repository:
         out.append("# HELP kiln_models_loaded Models loaded now (multi-model mode).\n"
                    "# TYPE kiln_models_loaded gauge\n"
                    f"kiln_models_loaded {len(loaded)}\n")
-        out.append("# HELP kiln_model_loads_total Model loads, by model and result (ok, failed).\n"
+        out.append("# HELP kiln_model_loads_total Model loads, by model, version and result (ok, failed).\n"
                    "# TYPE kiln_model_loads_total counter\n")
-        for (model, result), n in sorted(self.loads.items()):
-            out.append(f'kiln_model_loads_total{{model="{_esc(model)}",result="{result}"}} {n}\n')
+        for (model, version, result), n in sorted(self.loads.items()):
+            out.append(f'kiln_model_loads_total{{model="{_esc(model)}",version="{_esc(version)}",result="{result}"}} {n}\n')
         out.append("# HELP kiln_model_load_seconds Time of one successful model load (fetch, verify, build).\n"
                    "# TYPE kiln_model_load_seconds histogram\n")
         lines: list[str] = []

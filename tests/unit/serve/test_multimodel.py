@@ -257,7 +257,7 @@ def test_a_failed_load_is_answered_503_and_retried_only_later_or_on_a_new_entry(
     got = world.ask("a")  # the entry changed: tried at once
     world.settle()
     assert got[0][0] == "ok" and got[0][1].version == "2"
-    assert world.repo.loads == {("a", "failed"): 2, ("b", "ok"): 1, ("a", "ok"): 1}
+    assert world.repo.loads == {("a", "1", "failed"): 2, ("b", "1", "ok"): 1, ("a", "2", "ok"): 1}
 
 
 def test_least_recently_used_idle_models_are_evicted_to_fit_the_budget(world):
@@ -328,4 +328,4 @@ def test_removal_answers_the_waiting_404_and_unload_frees_the_model(world):
     assert world.state("a") == ("UNAVAILABLE", "unloaded") and world.repo.loaded() == []
     assert ("a", "1") not in world.resident  # closed
     text = world.repo.render_metrics()
-    assert "kiln_models_loaded 0\n" in text and 'kiln_model_loads_total{model="a",result="ok"} 1' in text
+    assert "kiln_models_loaded 0\n" in text and 'kiln_model_loads_total{model="a",version="1",result="ok"} 1' in text
