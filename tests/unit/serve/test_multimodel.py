@@ -5,9 +5,11 @@ retry, eviction, table changes) with a stand-in loader, clock and RSS."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -186,7 +188,7 @@ class World:
         if entry.name in self.fail:
             raise LoadError(self.fail[entry.name])
         self.resident[(entry.name, entry.version)] = self.cost
-        return f"runtime {entry.name} {entry.version}", self.cost, self.cost, 0.01
+        return f"runtime {entry.name} {entry.version}", self.cost, self.cost, 0.01, 0
 
     def settle(self):
         for _ in range(5):
@@ -329,3 +331,26 @@ def test_removal_answers_the_waiting_404_and_unload_frees_the_model(world):
     assert ("a", "1") not in world.resident  # closed
     text = world.repo.render_metrics()
     assert "kiln_models_loaded 0\n" in text and 'kiln_model_loads_total{model="a",version="1",result="ok"} 1' in text
+
+
+def test_what_a_first_load_imports_is_the_servers_memory_not_the_models(tmp_path, monkeypatch):
+    # The first model of a kind imports its estimator's code: that memory stays whatever is evicted, so
+    # charging it to the model would make the model look too large to fit (or an eviction look useless).
+    (tmp_path / "kiln_heavy_estimator_code.py").write_text("BLOB = b'x' * (24 << 20)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    artifacts = SimpleNamespace(model_bytes=b"m" * 1000, onnx_bytes=None)
+    monkeypatch.setattr(repository.loader, "fetch", lambda settings: artifacts)
+    monkeypatch.setattr(repository.loader, "build",
+                        lambda settings, a: importlib.import_module("kiln_heavy_estimator_code"))
+    entry = SimpleNamespace(settings=None)
+    runtime, cost, _, _, imported = repository.load_model(entry)
+    assert cost == 1000 and imported >= 16 << 20
+    runtime, cost, _, _, imported = repository.load_model(entry)  # imported already: nothing more
+    assert imported == 0 and cost >= 1000
+
+    world = World(limit=100, baseline=20, cost=20)
+    world._load = lambda entry: ("runtime", 1 << 20, 1 << 20, 0.01, 30 << 20)
+    world.repo._load = world._load
+    assert world.ask("a") == [] and (world.settle() or True)
+    assert world.repo.budget.baseline == (20 + 30) << 20
+    assert world.repo.states["a"].cost == 1 << 20
