@@ -80,7 +80,7 @@ class Server:
     def __init__(self, env: dict, log: Path):
         self.port = free_port()
         full = {**{k: v for k, v in os.environ.items() if not k.startswith("KILN_")}, "KILN_HOST": "127.0.0.1",
-                "KILN_PORT": str(self.port), "KILN_HANDOFF_SOCKET": "off",
+                "KILN_PORT": str(self.port), "KILN_HANDOFF_SOCKET": "off", "KILN_GRPC_PORT": "off",
                 "PYTHONPATH": str(ROOT / "serving_image"), **env}
         self.log = open(log, "wb")
         self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, str(KILN_PY), "-m", "kiln_runtime.serve"],

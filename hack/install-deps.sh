@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the node's Debian packages (containerd, runc, CNI plugins, iptables, conntrack, buildah,
-# debootstrap) and the tools the scripts use. Quick and quiet when everything is already present.
+# debootstrap) and the tools the scripts use (h2load from nghttp2-client: benchmarks/serving.py's gRPC
+# load). Quick and quiet when everything is already present.
 # Installing a package does not start it: Debian's containerd service is not used (the cluster runs its
 # own containerd with its own config, socket and state), and no file under /etc is edited.
 set -euo pipefail
@@ -8,7 +9,7 @@ set -euo pipefail
 # package:command pairs; a package is installed when its command is missing.
 want="containerd:containerd runc:runc containernetworking-plugins:/usr/lib/cni/bridge iptables:iptables
 conntrack:conntrack buildah:buildah debootstrap:debootstrap openssl:openssl curl:curl iproute2:ip
-kmod:modprobe"
+kmod:modprobe nghttp2-client:h2load"
 missing=()
 for pair in $want; do
   pkg=${pair%%:*} cmd=${pair#*:}

@@ -87,7 +87,8 @@ def pod(tmp_path):
                        "KILN_MONITOR_INTERVAL_SECONDS": "0.5", "KILN_PAYLOAD_URI": f"s3://{BUCKET}/payload",
                        "KILN_PAYLOAD_FLUSH_SECONDS": "3600", "KILN_LABELLED_URI": f"s3://{BUCKET}/labelled"}
         serve_env = {**os.environ, **files.env(), "KILN_HOST": "127.0.0.1", "KILN_PORT": str(serve_port),
-                     "KILN_HANDOFF_SOCKET": sock, "KILN_MONITOR_URL": f"http://127.0.0.1:{monitor_port}"}
+                     "KILN_HANDOFF_SOCKET": sock, "KILN_MONITOR_URL": f"http://127.0.0.1:{monitor_port}",
+                     "KILN_GRPC_PORT": "off"}
         logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("monitor", "serve")}
         procs: list[subprocess.Popen] = []
         try:

@@ -55,7 +55,8 @@ class Server:
         self.port = free_port()
         self.log_path = log
         full = {**os.environ, "KILN_HOST": "127.0.0.1", "KILN_PORT": str(self.port),
-                "KILN_HANDOFF_SOCKET": "off", "KILN_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD), **env}
+                "KILN_HANDOFF_SOCKET": "off", "KILN_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
+                "KILN_GRPC_PORT": "off", **env}  # gRPC: test_serve_grpc.py gives each its own port
         self._log = open(log, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "kiln_runtime.serve"], env=full,
                                      stdout=self._log, stderr=subprocess.STDOUT,

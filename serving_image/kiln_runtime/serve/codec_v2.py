@@ -111,25 +111,32 @@ class Decoder:
         if params is not None and type(params) is not dict:
             raise BadRequest("'parameters' must be an object")
         binary_out = bool(params and params.get("binary_data_output") is True)
-        outputs, proba = self._outputs(doc.get("outputs"), binary_out)
+        outputs, proba = self.outputs(doc.get("outputs"), binary_out)
         request_id = doc.get("id")
         if request_id is not None and type(request_id) is not str:
             raise BadRequest("'id' must be a string")
         ctx = V2Context(None, outputs, request_id)
-        tensors = self._tensors(inputs, binary)
+        rows, x, n = self.rows_of(self._tensors(inputs, binary))
+        return rows, x, n, proba, ctx
+
+    def rows_of(self, tensors: list):
+        """Validated input tensors (see _tensors) -> (rows or None, matrix or None, row count): one
+        [N, F] matrix, or one tensor per feature. Shared with the gRPC codec (grpc/codec.py), so both
+        protocols refuse the same input with the same message."""
         sig = self.sig
         if len(tensors) == 1:
             name, shape = tensors[0][0], tensors[0][1]
             one_feature = name in sig.index and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
             if not one_feature:
-                rows, x, n = self._matrix(tensors[0])
-                return rows, x, n, proba, ctx
+                return self._matrix(tensors[0])
         x, n = self._by_feature(tensors)
-        return None, x, n, proba, ctx
+        return None, x, n
 
     # --- requested outputs ------------------------------------------------------------------------
 
-    def _outputs(self, requested, binary_default: bool):
+    def outputs(self, requested, binary_default: bool):
+        """The outputs asked for ([{"name", "parameters"?}] or None) -> ([(name, canonical, binary)] or
+        None for the default, probabilities wanted). Raises BadRequest naming the bad one."""
         if requested is None:
             return ([(PREDICT, PREDICT, True)] if binary_default else None), False
         if type(requested) is not list:
@@ -168,10 +175,7 @@ class Decoder:
             name, shape, dtype = t.get("name"), t.get("shape"), t.get("datatype")
             if type(name) is not str:
                 raise BadRequest(f"{where}.name must be a string")
-            if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
-                raise BadRequest(f"{where} ({name}): shape must be a non-empty array of non-negative integers")
-            if type(dtype) is not str or (dtype not in NUMPY_TYPES and dtype != "BYTES"):
-                raise BadRequest(f"{where} ({name}): unknown datatype {dtype!r}")
+            check_tensor(where, name, shape, dtype)
             p = t.get("parameters")
             size = p.get("binary_data_size") if type(p) is dict else None
             chunk, data = None, None
@@ -305,6 +309,14 @@ class Decoder:
         return col
 
 
+def check_tensor(where: str, name: str, shape, dtype) -> None:
+    """An input tensor's shape and datatype, checked alike for JSON and gRPC."""
+    if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
+        raise BadRequest(f"{where} ({name}): shape must be a non-empty array of non-negative integers")
+    if type(dtype) is not str or (dtype not in NUMPY_TYPES and dtype != "BYTES"):
+        raise BadRequest(f"{where} ({name}): unknown datatype {dtype!r}")
+
+
 def _from_binary(chunk, dtype: str, count: int, where: str, name: str) -> np.ndarray:
     np_type = NUMPY_TYPES[dtype]
     if len(chunk) != count * np_type.itemsize:
@@ -354,7 +366,8 @@ def _checked_numbers(x: np.ndarray, sig: Signature, where: str, name: str) -> np
 
 # --- the answer ---------------------------------------------------------------------------------
 
-def _bytes_payload(values: list) -> bytes:
+def bytes_payload(values: list) -> bytes:
+    """Triton's BYTES wire form of values (their text): a 4-byte little-endian length before each."""
     parts = []
     for v in values:
         b = str(v).encode()
@@ -376,7 +389,7 @@ def encode(item, labels: np.ndarray, probs):
         dt = datatype_of(array)
         spec = {"name": name, "datatype": dt, "shape": list(array.shape)}
         if binary:
-            blob = _bytes_payload(array.tolist()) if dt == "BYTES" else np.ascontiguousarray(array).tobytes()
+            blob = bytes_payload(array.tolist()) if dt == "BYTES" else np.ascontiguousarray(array).tobytes()
             spec["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -14,9 +14,11 @@ from bisect import bisect_left
 
 import numpy as np
 
-PROTOCOLS = ("v1", "v2", "other")
+# "grpc": every call on KILN_GRPC_PORT (serve/grpc/), counted under the HTTP status its gRPC code
+# stands for (grpc/status.py), so one `code` label serves every protocol.
+PROTOCOLS = ("v1", "v2", "other", "grpc")
 _NPROTO = len(PROTOCOLS)
-V1, V2, OTHER = 0, 1, 2
+V1, V2, OTHER, GRPC = 0, 1, 2, 3
 CODES = (200, 400, 404, 405, 413, 415, 500, 503)
 _CODE_INDEX = {c: i for i, c in enumerate(CODES)}
 _OTHER_CODE = len(CODES)  # rendered as code="other"
@@ -215,7 +217,7 @@ class Metrics:
 # Family -> (type, help), in the order they are rendered.
 FAMILIES = {
     "kiln_model_info": ("gauge", "The model this server serves (value 1)."),
-    "kiln_requests_total": ("counter", "Requests answered, by protocol and HTTP status code."),
+    "kiln_requests_total": ("counter", "Requests answered, by protocol and HTTP status code (gRPC: its equivalent)."),
     "kiln_request_duration_seconds": ("histogram", "Time from a request's last byte to its response."),
     "kiln_batch_size": ("histogram", "Rows per model call (requests merged by the batcher)."),
     "kiln_inference_duration_seconds": ("histogram", "Time of one model call."),
@@ -243,7 +245,7 @@ def render(sources, extra: str = "") -> bytes:
 class ServerMetrics:
     """Multi-model mode: the Metrics of every model version loaded so far, and what requests naming
     no model count under (model=""). http.Connection counts a request with `request(protocol, ...)`;
-    here `protocol` also says whose it is (a model's `base + V1/V2/OTHER`, base a multiple of
+    here `protocol` also says whose it is (a model's `base + V1/V2/OTHER/GRPC`, base a multiple of
     len(PROTOCOLS)), so the request path needs no change and no lookup by name."""
 
     def __init__(self):

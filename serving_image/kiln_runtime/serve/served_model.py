@@ -27,7 +27,7 @@ class ServedModel:
     def __init__(self, settings, sig, runtime, metrics, drift, loop, choose_id, proto_base: int = 0):
         self.name, self.version = settings.model_name, settings.model_version
         self.sig, self.runtime, self.metrics, self.drift = sig, runtime, metrics, drift
-        self._choose_id = choose_id
+        self._choose_id = self.choose_id = choose_id  # the gRPC service chooses ids with it too
         # Added to V1/V2/OTHER when this model's requests are counted (metrics.ServerMetrics); 0 in
         # the single-model mode, whose Connection counts into this model's Metrics directly.
         self.proto_base = proto_base

@@ -4,13 +4,16 @@ One worker (the default) serves in the main process. With KILN_WORKERS > 1 the m
 the workers after verifying the artifacts (each builds its own runtime: onnxruntime sessions are not
 meant to cross a fork); every worker binds the port with SO_REUSEPORT, so the kernel spreads
 connections over them without an accept lock, and the main process only forwards signals and reaps.
+Each worker also listens on KILN_GRPC_PORT (SO_REUSEPORT alike) for the Open Inference Protocol over
+gRPC (serve/grpc/), on the same event loop and into the same batcher.
 
 Multi-model mode (KILN_MODELS_FILE, `run_multi`) serves in the main process only: the table is read,
 no model is loaded, the socket listens; the table file is polled on the event loop.
 
 SIGTERM (what the kubelet sends): stop accepting, mark not ready, close idle keep-alive connections,
-answer every request already received (each with `Connection: close`), flush the drift hand-off, exit
-0; connections still busy after KILN_SHUTDOWN_TIMEOUT_S are cut.
+answer every request already received (each with `Connection: close`; a gRPC connection gets GOAWAY
+and closes once its calls are answered), flush the drift hand-off, exit 0; connections still busy
+after KILN_SHUTDOWN_TIMEOUT_S are cut.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .drift import DriftTap
 from .errors import LoadError
 from .feedback import Relay
 from .http import Connection
-from .metrics import Metrics, SharedRows
+from .metrics import GRPC, Metrics, SharedRows
 from .request_ids import RequestIds, server_token
 
 log = logging.getLogger("kiln.serve")
@@ -76,8 +79,15 @@ def serve_worker(settings, artifacts, version: str, reuse_port: bool = False,
     # reach, so collections triggered by per-request objects do not rescan the model and libraries.
     gc.collect()
     gc.freeze()
+    grpc = None
+    if settings.grpc_port is not None:
+        from .grpc.service import GrpcService, SingleModel
+
+        grpc = GrpcService(SingleModel(app.model), metrics, GRPC, version, settings.max_payload_bytes)
     # Listen only now: a connection accepted before the model is ready would wait unanswered.
     sock = make_socket(settings.host, settings.port, reuse_port)
+    grpc_sock = make_socket(settings.host, settings.grpc_port, reuse_port) if grpc is not None else None
+
     def started(host, port) -> str:
         return (f"serving model {settings.model_name} version {settings.model_version} ({runtime.kind}, sha256 "
                 f"{digest[:12]}) on {host}:{port}: {settings.workers} worker(s), batches up to "
@@ -85,7 +95,8 @@ def serve_worker(settings, artifacts, version: str, reuse_port: bool = False,
                 f"{settings.handoff_socket or 'off'}")
 
     try:
-        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, started, slot))
+        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, started, slot,
+                                                  grpc=(grpc, grpc_sock) if grpc is not None else None))
     finally:
         loop.close()
 
@@ -160,13 +171,22 @@ def run_multi(settings, table: dict, watcher, version: str) -> int:
             loop.call_later(settings.models_poll_s, poll)
 
     loop.call_later(settings.models_poll_s, poll)
+    grpc = None
+    if settings.grpc_port is not None:
+        from .grpc.service import GrpcService, ModelRepository
+
+        grpc = GrpcService(ModelRepository(repo, settings.max_batch_size), metrics, GRPC, version,
+                           settings.max_payload_bytes)
     sock = make_socket(settings.host, settings.port, False)
+    grpc_sock = make_socket(settings.host, settings.grpc_port, False) if grpc is not None else None
+
     def started(host, port) -> str:
         return (f"serving {len(table)} models from {settings.models_file} on {host}:{port} (loaded on first "
                 f"request; memory budget {settings.memory_budget_bytes} bytes, {baseline} in use at start)")
 
     try:
-        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, started, 0, repo.close))
+        return loop.run_until_complete(_lifecycle(loop, app, sock, settings, started, 0, repo.close,
+                                                  grpc=(grpc, grpc_sock) if grpc is not None else None))
     finally:
         loop.close()
 
@@ -184,10 +204,20 @@ def _preload_libraries(table: dict) -> None:
             pass
 
 
-async def _lifecycle(loop, app, sock, settings, started, slot: int, on_drain=None) -> int:
+async def _lifecycle(loop, app, sock, settings, started, slot: int, on_drain=None, grpc=None) -> int:
     """Serves until SIGTERM/SIGINT, then drains. `started(host, port)`: the line logged once listening;
-    `on_drain`: called when draining begins (the multi-model repository answers its waiting requests)."""
+    `on_drain`: called when draining begins (the multi-model repository answers its waiting requests);
+    `grpc`: (grpc.service.GrpcService, its listening socket), served beside HTTP on the same loop and
+    drained with it (GOAWAY, then each connection closes once its calls are answered)."""
     server = await loop.create_server(lambda: Connection(app), sock=sock, backlog=4096)
+    grpc_service, grpc_server = None, None
+    if grpc is not None:
+        from .grpc.h2 import GrpcConnection
+
+        grpc_service, grpc_sock = grpc
+        grpc_server = await loop.create_server(lambda: GrpcConnection(grpc_service, loop), sock=grpc_sock,
+                                               backlog=4096)
+    connections = app.connections if grpc_service is None else _Both(app.connections, grpc_service.connections)
     stopping = loop.create_future()
 
     def stop(signame: str):
@@ -206,11 +236,18 @@ async def _lifecycle(loop, app, sock, settings, started, slot: int, on_drain=Non
     publish()
     if slot == 0:
         host, port = sock.getsockname()[:2]
-        log.info("%s", started(host, port))
+        if grpc_service is not None:
+            ghost, gport = grpc[1].getsockname()[:2]
+            log.info("%s; gRPC on %s:%d", started(host, port), ghost, gport)
+        else:
+            log.info("%s; gRPC off", started(host, port))
     signame = await stopping
-    busy = sum(1 for c in app.connections if not c.idle())
-    log.info("%s: draining (%d connections, %d busy)", signame, len(app.connections), busy)
+    busy = sum(1 for c in connections if not c.idle())
+    log.info("%s: draining (%d connections, %d busy)", signame, len(connections), busy)
     app.draining = True
+    if grpc_service is not None:
+        grpc_service.draining = True
+        grpc_server.close()
     for batcher in app.batchers():
         batcher.draining = True
     if on_drain is not None:
@@ -222,12 +259,15 @@ async def _lifecycle(loop, app, sock, settings, started, slot: int, on_drain=Non
     drained = loop.create_future()
 
     def check_idle():
-        if not app.connections and not drained.done():
+        if not connections and not drained.done():
             drained.set_result(None)
 
     app.on_idle = check_idle
     for conn in list(app.connections):
         conn.drain()
+    if grpc_service is not None:
+        grpc_service.on_idle = check_idle
+        grpc_service.drain()
     for batcher in app.batchers():
         if batcher.queue:
             batcher.flush()
@@ -236,9 +276,9 @@ async def _lifecycle(loop, app, sock, settings, started, slot: int, on_drain=Non
     try:
         await asyncio.wait_for(asyncio.shield(drained), timeout=settings.shutdown_timeout_s)
     except asyncio.TimeoutError:
-        log.warning("%d connections still busy after %.0f s; closing them", len(app.connections),
+        log.warning("%d connections still busy after %.0f s; closing them", len(connections),
                     settings.shutdown_timeout_s)
-        for conn in list(app.connections):
+        for conn in list(connections):
             if conn.transport is not None:
                 conn.transport.abort()
         code = 0
@@ -247,6 +287,19 @@ async def _lifecycle(loop, app, sock, settings, started, slot: int, on_drain=Non
     app.metrics.publish()
     log.info("drained; exiting")
     return code
+
+
+class _Both:
+    """The HTTP and the gRPC connections, counted and walked as one set while draining."""
+
+    def __init__(self, first: set, second: set):
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __iter__(self):
+        return iter([*self.first, *self.second])
 
 
 def run(settings, artifacts, version: str) -> int:

@@ -50,6 +50,8 @@ class Settings:
     models_file: str | None = None
     models_poll_s: float = 1.0
     memory_budget_bytes: int = 512 << 20
+    # The Open Inference Protocol over gRPC (serve/grpc/) listens here; None: KILN_GRPC_PORT=off.
+    grpc_port: int | None = 8081
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -183,6 +185,7 @@ def _server(env) -> dict:
     return dict(
         host=_get(env, "HOST", "0.0.0.0"),
         port=_int(env, "PORT", 8080, 0, 65535),
+        grpc_port=_grpc_port(env),
         workers=_int(env, "WORKERS", 1, 1, 64),
         max_batch_size=_int(env, "MAX_BATCH_SIZE", 64, 1, 65536),
         max_latency_ms=_float(env, "MAX_LATENCY_MS", 2.0, 0.0, 10_000.0),
@@ -190,6 +193,18 @@ def _server(env) -> dict:
         handoff_frame_rows=_int(env, "HANDOFF_FRAME_ROWS", 256, 1, 1 << 20),
         shutdown_timeout_s=_float(env, "SHUTDOWN_TIMEOUT_S", 25.0, 0.0, 3600.0),
     )
+
+
+def _grpc_port(env) -> int | None:
+    raw = (env.get(PREFIX + "GRPC_PORT") or "").strip()
+    if raw.lower() in ("off", "none"):
+        return None
+    port = _int(env, "GRPC_PORT", 8081, 0, 65535)
+    http = (env.get(PREFIX + "PORT") or "8080").strip()
+    if port and http == str(port):
+        raise SettingsError(f"{PREFIX}GRPC_PORT={port} is also {PREFIX}PORT: gRPC needs a port of its own "
+                            f"(or {PREFIX}GRPC_PORT=off)")
+    return port
 
 
 def _load_multi(env) -> Settings:

@@ -30,6 +30,9 @@ def test_sha256_prefix_and_case_are_normalised():
     ({"KILN_MODEL_FORMAT": "pickle"}, "KILN_MODEL_FORMAT"),
     ({"KILN_ONNX_URI": "file:///m.onnx"}, "KILN_ONNX_SHA256"),
     ({"KILN_MAX_LATENCY_MS": "-1"}, "KILN_MAX_LATENCY_MS"),
+    ({"KILN_GRPC_PORT": "grpc"}, "KILN_GRPC_PORT"),
+    ({"KILN_GRPC_PORT": "70000"}, "KILN_GRPC_PORT"),
+    ({"KILN_GRPC_PORT": "9000", "KILN_PORT": "9000"}, "KILN_GRPC_PORT=9000 is also KILN_PORT"),
 ])
 def test_bad_values_are_refused_naming_the_variable(change, names):
     with pytest.raises(SettingsError, match=names):
@@ -39,3 +42,11 @@ def test_bad_values_are_refused_naming_the_variable(change, names):
 def test_handoff_can_only_be_switched_off_explicitly():
     assert load({**BASE, "KILN_HANDOFF_SOCKET": "off"}).handoff_socket is None
     assert load({**BASE, "KILN_HANDOFF_SOCKET": "/run/x.sock"}).handoff_socket == "/run/x.sock"
+
+
+def test_grpc_port_defaults_to_8081_and_can_be_switched_off():
+    assert load(BASE).grpc_port == 8081
+    assert load({**BASE, "KILN_GRPC_PORT": "9001"}).grpc_port == 9001
+    assert load({**BASE, "KILN_GRPC_PORT": "off"}).grpc_port is None
+    assert load({**BASE, "KILN_GRPC_PORT": "0", "KILN_PORT": "0"}).grpc_port == 0  # ephemeral, for tests
+    assert load({"KILN_MODELS_FILE": "/etc/kiln/models/models.json", "KILN_GRPC_PORT": "off"}).grpc_port is None
