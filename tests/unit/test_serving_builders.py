@@ -89,6 +89,16 @@ def test_service_selects_every_role_and_hpa_targets_its_deployment():
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
 
 
+def test_the_service_exposes_grpc_as_h2c_beside_http_on_every_role():
+    ports = {p["name"]: p for p in serving.service(parse(ISVC))["spec"]["ports"]}
+    assert ports["http"]["port"] == 80
+    assert ports["grpc"]["port"] == 8081 and ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    assert serving.role_service(parse(ISVC), "canary")["spec"]["ports"] == list(ports.values())
+    (server,) = [c for c in serving.deployment(parse(ISVC), parse(MV), "primary", CFG)["spec"]["template"]["spec"]
+                 ["containers"] if c["name"] == "server"]
+    assert {"name": "grpc", "containerPort": 8081} in server["ports"]
+
+
 @pytest.mark.parametrize("minimum,percent,expected", [(1, 0, (1, 0)), (1, 20, (4, 1)), (1, 50, (1, 1)),
                                                        (3, 10, (9, 1)), (2, 100, (0, 2)), (1, 1, (19, 1))])
 def test_replica_split_realises_the_canary_share(minimum, percent, expected):

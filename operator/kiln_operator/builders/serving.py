@@ -29,6 +29,10 @@ ROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
 ROUTE_PLURAL = "httproutes"
 SERVICE_PORT = 80
 SERVER_PORT = 8080
+# kiln-serve's Open Inference Protocol over gRPC (KILN_GRPC_PORT's default), the same number on the
+# Service. Named `grpc` and marked h2c (HTTP/2 without TLS) so meshes and Gateway API GRPCRoutes
+# treat it as gRPC rather than as plain TCP or HTTP/1.
+GRPC_PORT = 8081
 MONITOR_PORT = 9180
 HANDOFF_DIR = "/var/run/kiln"
 COMPONENT = "kiln-serve"
@@ -167,7 +171,7 @@ def server_container(isvc: Isvc, cfg: OperatorConfig, env: list[dict[str, str]],
         "command": ["kiln-serve"],
         "env": env + cfg.store_env(),
         "envFrom": cfg.store_env_from(),
-        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
                            "periodSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
@@ -215,6 +219,11 @@ def serving_deployment(isvc: Isvc, role: str, labels: dict[str, str], containers
     }
 
 
+_SERVICE_PORTS = [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                  {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                   "appProtocol": "kubernetes.io/h2c"}]
+
+
 def service(isvc: Isvc) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -223,7 +232,7 @@ def service(isvc: Isvc) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector(isvc),
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": _SERVICE_PORTS,
         },
     }
 
@@ -246,7 +255,7 @@ def role_service(isvc: Isvc, role: str) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": {**selector(isvc), LABEL_ROLE: role},
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": _SERVICE_PORTS,
         },
     }
 
