@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,14 +28,9 @@ import requests
 import serve_models
 from kiln_runtime.profile import profile_column
 from s3_server import moto_server
+from serve_process import free_port
 
 BUCKET = "kiln-loop"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait(predicate, what: str, timeout: float = 60.0):

@@ -9,7 +9,6 @@ Processes, models and the gated model come from test_serve_http.py and test_serv
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import threading
@@ -28,8 +27,8 @@ import serve_models
 import test_serve_http as http_tests
 import test_serve_multimodel as multi_tests
 from kiln_runtime.handoff import decode_frame
+from serve_process import free_port, stop_all
 
-free_port = http_tests.free_port
 spawn = http_tests.spawn  # the fixture: every process started by a test is stopped when it ends
 models = http_tests.models
 gated = http_tests.gated
@@ -51,7 +50,7 @@ def servers(models, handoff_socket, tmp_path_factory):
             started[name].grpc_port = grpc_port
         yield {name: s.wait_ready() for name, s in started.items()}
     finally:
-        http_tests.stop_all(started.values())
+        stop_all(started.values())
 
 
 def client(server) -> grpcclient.InferenceServerClient:

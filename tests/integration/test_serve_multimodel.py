@@ -12,10 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,51 +22,15 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import serve_models
+from serve_process import ServeProcess
 
 POLL_S = 0.1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_pytest() -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Server:
+class Server(ServeProcess):
     def __init__(self, table: Path, log: Path, **env):
-        self.port = free_port()
-        self.log_path = log
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-        full = {**inherited, "KILN_HOST": "127.0.0.1", "KILN_PORT": str(self.port), "KILN_HANDOFF_SOCKET": "off",
-                "KILN_MODELS_FILE": str(table), "KILN_MODELS_POLL_S": str(POLL_S), "KILN_GRPC_PORT": "off", **env}
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kiln_runtime.serve"], env=full, stdout=self._log,
-                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_pytest)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 60.0) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"kiln-serve exited with {self.proc.returncode}: {self.log()}")
-            try:
-                if requests.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"kiln-serve not ready after {timeout} s: {self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        super().__init__({"KILN_MODELS_FILE": str(table), "KILN_MODELS_POLL_S": str(POLL_S), **env}, log,
+                         inherit_kiln_env=False)
 
     def rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -88,19 +48,6 @@ class Server:
         check_exposition(text)
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-    def stop(self) -> int:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-        finally:
-            self._log.close()
-        return self.proc.returncode
 
 
 def check_exposition(text: str) -> None:

@@ -15,25 +15,13 @@ routes (`/v2/repository/...`) exist only in the multi-model mode: here they are 
 
 from __future__ import annotations
 
-import logging
-from urllib.parse import unquote_to_bytes
-
 import orjson
 
-from .errors import ClientError, MethodNotAllowed, NotFound
-from .http import JSON_HEADERS
+from .errors import MethodNotAllowed, NotFound
 from .metrics import V1, V2
 from .request_ids import RequestIds
+from .routing import TEXT_METRICS, fail, request_path, require_get, require_post
 from .served_model import ServedModel
-
-log = logging.getLogger("kiln.serve")
-
-_TEXT_METRICS = b"content-type: text/plain; version=0.0.4; charset=utf-8\r\n"
-
-
-def _allow(methods: str) -> bytes:
-    return JSON_HEADERS + b"allow: " + methods.encode() + b"\r\n"
-
 
 class App:
     def __init__(self, settings, sig, runtime, metrics, drift, loop, server_version: str,
@@ -76,20 +64,11 @@ class App:
                 self._v2_infer(conn, slot, body, header_len)
             else:
                 self._route(conn, slot, method, url, body, header_len)
-        except ClientError as exc:
-            headers = _allow(exc.allow) if isinstance(exc, MethodNotAllowed) else JSON_HEADERS
-            conn.fail(slot, exc.status, str(exc), headers)
-        except Exception:
-            log.exception("unexpected error on %s %s", method.decode(errors="replace"),
-                          url[:200].decode(errors="replace"))
-            conn.fail(slot, 500, "internal error")
+        except Exception as exc:
+            fail(conn, slot, exc, f"{method.decode(errors='replace')} {url[:200].decode(errors='replace')}")
 
     def _route(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
-        path = url.split(b"?", 1)[0]
-        if b"%" in path:
-            path = unquote_to_bytes(path)
-        if len(path) > 1 and path.endswith(b"/"):
-            path = path[:-1]
+        path = request_path(url)
         if path.startswith(b"/v1/"):
             slot.protocol = V1
             self._route_v1(conn, slot, method, path, body)
@@ -100,15 +79,15 @@ class App:
             static = self._static.get(path)
             if static is None:
                 raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
-            self._get(method)
+            require_get(method)
             if path == b"/metrics":
-                conn.respond(slot, 200, self.metrics.render(), _TEXT_METRICS)
+                conn.respond(slot, 200, self.metrics.render(), TEXT_METRICS)
             else:
                 conn.respond(slot, 200, static)
 
     def _route_v1(self, conn, slot, method, path: bytes, body: bytes) -> None:
         if path == b"/v1/models":
-            self._get(method)
+            require_get(method)
             conn.respond(slot, 200, self._static[b"v1-models"])
             return
         if not path.startswith(b"/v1/models/"):
@@ -117,13 +96,13 @@ class App:
         name, sep, verb = rest.partition(b":")
         self._model(name)
         if not sep:
-            self._get(method)
+            require_get(method)
             conn.respond(slot, 200, self._static[b"v1-model"])
         elif verb == b"predict":
-            self._post(method, path)
+            require_post(method, path)
             self._v1_predict(conn, slot, body)
         elif verb == b"explain":
-            self._post(method, path)
+            require_post(method, path)
             self._v1_explain(conn, slot, body)
         else:
             raise NotFound(f"no such verb :{verb[:50].decode(errors='replace')}; V1 serves :predict "
@@ -131,15 +110,15 @@ class App:
 
     def _route_v2(self, conn, slot, method, path: bytes, body: bytes, header_len) -> None:
         if path == b"/v2":
-            self._get(method)
+            require_get(method)
             conn.respond(slot, 200, self._static[b"v2"])
             return
         if path == b"/v2/health/live":
-            self._get(method)
+            require_get(method)
             conn.respond(slot, 200, b'{"live":true}')
             return
         if path == b"/v2/health/ready":
-            self._get(method)
+            require_get(method)
             if self.draining:
                 conn.respond(slot, 503, b'{"ready":false}')
             else:
@@ -156,27 +135,27 @@ class App:
                                f"this server serves version {self.version!r}")
             parts = parts[2:]
         if not parts:
-            self._get(method)
+            require_get(method)
             conn.respond(slot, 200, self._static[b"v2-model"])
         elif parts == [b"ready"]:
-            self._get(method)
+            require_get(method)
             conn.respond(slot, 503 if self.draining else 200,
                          b'{"name":' + orjson.dumps(self.name) + (b',"ready":false}' if self.draining
                                                                   else b',"ready":true}'))
         elif parts == [b"infer"]:
-            self._post(method, path)
+            require_post(method, path)
             self._v2_infer(conn, slot, body, header_len)
         elif parts == [b"explain"]:
-            self._post(method, path)
+            require_post(method, path)
             self._v2_explain(conn, slot, body, header_len)
         elif parts == [b"feedback"]:
-            self._post(method, path)
+            require_post(method, path)
             if self.feedback is None:
                 conn.fail(slot, 503, "feedback is not available on this server")
                 return
             self.feedback.handle(conn, slot, body)
         elif parts == [b"config"]:
-            self._get(method)
+            require_get(method)
             conn.respond(slot, 200, self._static[b"v2-config"])
         else:
             raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
@@ -185,16 +164,6 @@ class App:
         if name != self.name.encode():
             raise NotFound(f"model {name[:100].decode(errors='replace')!r} is not served here; "
                            f"this server serves {self.name!r}")
-
-    @staticmethod
-    def _post(method: bytes, path: bytes) -> None:
-        if method != b"POST":
-            raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
-
-    @staticmethod
-    def _get(method: bytes) -> None:
-        if method != b"GET":
-            raise MethodNotAllowed(f"this endpoint takes GET, not {method.decode(errors='replace')}")
 
     # --- answers rendered once ----------------------------------------------------------------------
 

@@ -13,25 +13,14 @@ Not here: the drift hand-off and the feedback relay (kiln-monitor watches one mo
 
 from __future__ import annotations
 
-import logging
-from urllib.parse import unquote_to_bytes
-
 import orjson
 
-from .errors import ClientError, MethodNotAllowed, NotFound
+from .errors import NotFound
 from .explaining import _RETRY_HEADERS
 from .http import JSON_HEADERS
 from .metrics import OTHER, V1, V2
 from .request_ids import RequestIds
-
-log = logging.getLogger("kiln.serve")
-
-_TEXT_METRICS = b"content-type: text/plain; version=0.0.4; charset=utf-8\r\n"
-
-
-def _allow(methods: str) -> bytes:
-    return JSON_HEADERS + b"allow: " + methods.encode() + b"\r\n"
-
+from .routing import TEXT_METRICS, fail, request_path, require_get, require_post
 
 class MultiApp:
     def __init__(self, settings, repository, metrics, server_version: str, request_ids: RequestIds):
@@ -61,13 +50,8 @@ class MultiApp:
     def handle(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
         try:
             self._route(conn, slot, method, url, body, header_len)
-        except ClientError as exc:
-            headers = _allow(exc.allow) if isinstance(exc, MethodNotAllowed) else JSON_HEADERS
-            conn.fail(slot, exc.status, str(exc), headers)
-        except Exception:
-            log.exception("unexpected error on %s %s", method.decode(errors="replace"),
-                          url[:200].decode(errors="replace"))
-            conn.fail(slot, 500, "internal error")
+        except Exception as exc:
+            fail(conn, slot, exc, f"{method.decode(errors='replace')} {url[:200].decode(errors='replace')}")
 
     def _with_model(self, conn, slot, state, protocol: int, work, explicit: bool = False) -> None:
         """Runs work(served) once the model is loaded (now, or when its load ends), answering its
@@ -77,12 +61,8 @@ class MultiApp:
             slot.protocol = served.proto_base + protocol
             try:
                 work(served)
-            except ClientError as exc:
-                headers = _allow(exc.allow) if isinstance(exc, MethodNotAllowed) else JSON_HEADERS
-                conn.fail(slot, exc.status, str(exc), headers)
-            except Exception:
-                log.exception("unexpected error serving model %s", served.name)
-                conn.fail(slot, 500, "internal error")
+            except Exception as exc:
+                fail(conn, slot, exc, f"serving model {served.name}")
 
         def error(status: int, message: str, retry: bool):
             conn.fail(slot, status, message, _RETRY_HEADERS if retry else JSON_HEADERS)
@@ -90,11 +70,7 @@ class MultiApp:
         self.repo.acquire(state, ready, error, explicit)
 
     def _route(self, conn, slot, method: bytes, url: bytes, body: bytes, header_len) -> None:
-        path = url.split(b"?", 1)[0]
-        if b"%" in path:
-            path = unquote_to_bytes(path)
-        if len(path) > 1 and path.endswith(b"/"):
-            path = path[:-1]
+        path = request_path(url)
         if path.startswith(b"/v1/"):
             slot.protocol = V1
             self._route_v1(conn, slot, method, path, body)
@@ -103,11 +79,11 @@ class MultiApp:
             self._route_v2(conn, slot, method, path, body, header_len)
         elif path == b"/metrics":
             slot.protocol = OTHER
-            _get(method)
-            conn.respond(slot, 200, self.metrics.render(), _TEXT_METRICS)
+            require_get(method)
+            conn.respond(slot, 200, self.metrics.render(), TEXT_METRICS)
         elif path == b"/":
             slot.protocol = OTHER
-            _get(method)
+            require_get(method)
             conn.respond(slot, 200, orjson.dumps({
                 "name": "kiln-serve", "models": list(self.repo.states),
                 "endpoints": ["/v1/models", "/v1/models/{name}:predict", "/v1/models/{name}:explain", "/v2",
@@ -123,7 +99,7 @@ class MultiApp:
 
     def _route_v1(self, conn, slot, method, path: bytes, body: bytes) -> None:
         if path == b"/v1/models":
-            _get(method)
+            require_get(method)
             conn.respond(slot, 200, orjson.dumps({"models": list(self.repo.states)}))
             return
         if not path.startswith(b"/v1/models/"):
@@ -133,13 +109,13 @@ class MultiApp:
         if state.served is not None:  # counted under the model's labels, as the single-model server does
             slot.protocol = state.served.proto_base + V1
         if not sep:
-            _get(method)
+            require_get(method)
             conn.respond(slot, 200, self._answers(state)[b"v1-model"])
         elif verb == b"predict":
-            _post(method, path)
+            require_post(method, path)
             self._with_model(conn, slot, state, V1, lambda m: m.v1_predict(conn, slot, body))
         elif verb == b"explain":
-            _post(method, path)
+            require_post(method, path)
             self._with_model(conn, slot, state, OTHER, lambda m: m.v1_explain(conn, slot, body))
         else:
             raise NotFound(f"no such verb :{verb[:50].decode(errors='replace')}; V1 serves :predict "
@@ -147,15 +123,15 @@ class MultiApp:
 
     def _route_v2(self, conn, slot, method, path: bytes, body: bytes, header_len) -> None:
         if path == b"/v2":
-            _get(method)
+            require_get(method)
             conn.respond(slot, 200, self._v2)
             return
         if path == b"/v2/health/live":
-            _get(method)
+            require_get(method)
             conn.respond(slot, 200, b'{"live":true}')
             return
         if path == b"/v2/health/ready":
-            _get(method)
+            require_get(method)
             conn.respond(slot, 503 if self.draining else 200,
                          b'{"ready":false}' if self.draining else b'{"ready":true}')
             return
@@ -177,25 +153,25 @@ class MultiApp:
                                f"version {state.entry.version!r}")
             parts = parts[2:]
         if not parts:
-            _get(method)
+            require_get(method)
             conn.respond(slot, 200, self._answers(state)[b"v2-model"])
         elif parts == [b"ready"]:
-            _get(method)
+            require_get(method)
             ready = state.served is not None and not self.draining
             conn.respond(slot, 200 if ready else 503, b'{"name":' + orjson.dumps(state.entry.name)
                          + (b',"ready":true}' if ready else b',"ready":false}'))
         elif parts == [b"infer"]:
-            _post(method, path)
+            require_post(method, path)
             self._with_model(conn, slot, state, V2, lambda m: m.v2_infer(conn, slot, body, header_len))
         elif parts == [b"explain"]:
-            _post(method, path)
+            require_post(method, path)
             self._with_model(conn, slot, state, OTHER, lambda m: m.v2_explain(conn, slot, body, header_len))
         elif parts == [b"feedback"]:
-            _post(method, path)
+            require_post(method, path)
             conn.fail(slot, 503, "feedback is not supported in multi-model mode (KILN_MODELS_FILE): it is "
                                  "joined by kiln-monitor, which watches one model")
         elif parts == [b"config"]:
-            _get(method)
+            require_get(method)
             conn.respond(slot, 200, self._answers(state)[b"v2-config"])
         else:
             raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
@@ -204,7 +180,7 @@ class MultiApp:
 
     def _repository(self, conn, slot, method, path: bytes, body: bytes) -> None:
         if path == b"/v2/repository/index":
-            _post(method, path)
+            require_post(method, path)
             index = self.repo.index()
             try:
                 params = orjson.loads(body) if body.strip() else {}
@@ -221,7 +197,7 @@ class MultiApp:
         parts = path[len(b"/v2/repository/"):].split(b"/")
         if len(parts) != 3 or parts[0] != b"models" or parts[2] not in (b"load", b"unload"):
             raise NotFound(f"no such endpoint: {path[:200].decode(errors='replace')}")
-        _post(method, path)
+        require_post(method, path)
         state = self.repo.lookup(parts[1])
         if parts[2] == b"load":
             self._with_model(conn, slot, state, V2, lambda m: conn.respond(slot, 200, b"{}"), explicit=True)
@@ -229,12 +205,3 @@ class MultiApp:
             self.repo.unload(state)
             conn.respond(slot, 200, b"{}")
 
-
-def _post(method: bytes, path: bytes) -> None:
-    if method != b"POST":
-        raise MethodNotAllowed(f"{path.decode()} takes POST", "POST")
-
-
-def _get(method: bytes) -> None:
-    if method != b"GET":
-        raise MethodNotAllowed(f"this endpoint takes GET, not {method.decode(errors='replace')}")
