@@ -15,14 +15,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 
 import boto3
 import numpy as np
 import pytest
 import serve_models
+import tritonclient.grpc as grpcclient
 
+from cluster_support import operator_env, store_namespace, wait_isvc_status
 from operator_process import OperatorProcess
 from s3_server import moto_server
 
@@ -30,7 +31,6 @@ pytestmark = pytest.mark.cluster
 
 BRIDGE_IP = "10.244.0.1"  # hack/lib.sh: the pod bridge's host side, reachable from pods
 BUCKET = "kiln-models"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e"}
 MODELS = [f"m{i}" for i in range(12)]
 PROMOTED = "m3"
 BUDGET = 320 * 2**20  # memoryBudget: 320Mi
@@ -38,13 +38,8 @@ BUDGET = 320 * 2**20  # memoryBudget: 320Mi
 
 @pytest.fixture(scope="module")
 def ns(kubectl, crds):
-    name = f"t-models-{uuid.uuid4().hex[:6]}"
-    kubectl.run("create", "namespace", name)
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kiln-store", "namespace": name},
-              "stringData": CREDENTIALS}
-    kubectl.apply(json.dumps(secret))
-    yield name
-    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+    with store_namespace(kubectl, "models") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +68,8 @@ def model_version(files, model: str, version: int, stage: str) -> dict:
                                   "sha256": built.sha["model.skops"]}}}
 
 
-def status_of(kubectl, ns) -> dict:
-    return kubectl.json("get", "inferenceservice", "tabular", "-n", ns).get("status") or {}
-
-
 def wait_status(kubectl, ns, predicate, what: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    status = {}
-    while time.monotonic() < deadline:
-        status = status_of(kubectl, ns)
-        if predicate(status):
-            return status
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; status: {json.dumps(status, indent=1)}")
+    return wait_isvc_status(kubectl, ns, "tabular", predicate, what, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +78,7 @@ def service(kubectl, kubeconfig, ns, models, tmp_path_factory):
     yields the Service's base URL."""
     url, files = models
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {"KILN_S3_ENDPOINT": url, "KILN_STORE_SECRET": "kiln-store", "KILN_ARTIFACT_ROOT": f"s3://{BUCKET}/runs"}
-    with OperatorProcess(kubeconfig, log, "--namespace", ns, env=env):
+    with OperatorProcess(kubeconfig, log, "--namespace", ns, env=operator_env(url, f"s3://{BUCKET}/runs")):
         kubectl.apply("\n---\n".join(json.dumps(model_version(files, m, 1, "Production")) for m in MODELS), "-n", ns)
         isvc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "tabular"},
                 "spec": {"models": {"stage": "Production", "memoryBudget": "320Mi"},
@@ -106,11 +89,23 @@ def service(kubectl, kubeconfig, ns, models, tmp_path_factory):
             wait_status(kubectl, ns, lambda s: len(s.get("models") or []) == len(MODELS) and s.get("readyReplicas") == 1,
                         f"{len(MODELS)} models in the table and a ready server", timeout=300)
             ip = kubectl.json("get", "service", "tabular", "-n", ns)["spec"]["clusterIP"]
+            # status.models is the table the servers are given; the server reads it a moment later.
+            deadline = time.monotonic() + 60
+            while {entry["name"] for entry in repository_index(f"http://{ip}")} != set(MODELS):
+                assert time.monotonic() < deadline, f"the server's table: {repository_index(f'http://{ip}')}"
+                time.sleep(0.5)
             yield f"http://{ip}"
         except BaseException:
             print(log.read_text()[-6000:])
             print(kubectl.run("get", "kiln,deploy,pods,cm", "-n", ns, "-o", "wide", check=False).stdout)
             raise
+
+
+def repository_index(base: str) -> list[dict]:
+    """The server's V2 repository index: every model of its table, its state and why."""
+    req = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        return json.load(answer)
 
 
 def infer(base: str, model: str, rows: np.ndarray) -> tuple[str, list]:
@@ -155,12 +150,19 @@ def test_every_model_answers_with_its_own_predictions_within_the_memory_budget(k
         peak = max(peak, resident_bytes(kubectl, ns, pod))
     assert len(set(answers.values())) > 1, "every model gave the same answers: the routes do not reach their own models"
     assert peak < BUDGET, f"server resident set {peak / 2**20:.0f} MiB above the budget {BUDGET / 2**20:.0f} MiB"
+    # The Open Inference Protocol over gRPC, through the Service's grpc port, reaches the same models.
+    grpc = grpcclient.InferenceServerClient(url=f"{service.removeprefix('http://')}:8081")
+    tensor = grpcclient.InferInput("x", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    for model in MODELS[:3]:
+        result = grpc.infer(model, [tensor])
+        assert [str(v) for v in result.as_numpy("predict").tolist()] == own_labels(files, model, 1, rows), model
     with pytest.raises(urllib.error.HTTPError) as unknown:
         infer(service, "nope", rows)
     assert unknown.value.code == 404 and "nope" in unknown.value.read().decode()
-    index = json.loads(urllib.request.urlopen(urllib.request.Request(
-        f"{service}/v2/repository/index", data=b"{}", headers={"Content-Type": "application/json"}), timeout=10).read())
+    index = repository_index(service)
     assert {entry["name"] for entry in index} == set(MODELS)
+    assert {entry["state"] for entry in index} == {"READY"} or any(e["reason"].startswith("evicted") for e in index)
 
 
 class SteadyLoad:

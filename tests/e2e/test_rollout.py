@@ -15,7 +15,6 @@ import json
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 
 import boto3
@@ -23,6 +22,7 @@ import pytest
 import serve_models
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster_support import isvc_status, operator_env, store_namespace, wait_isvc_status
 from operator_process import OperatorProcess
 from s3_server import moto_server
 
@@ -30,18 +30,12 @@ pytestmark = pytest.mark.cluster
 
 BRIDGE_IP = "10.244.0.1"  # hack/lib.sh: the pod bridge's host side, reachable from pods
 BUCKET = "kiln-rollout"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e"}
 
 
 @pytest.fixture(scope="module")
 def ns(kubectl, crds):
-    name = f"t-rollout-{uuid.uuid4().hex[:6]}"
-    kubectl.run("create", "namespace", name)
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kiln-store", "namespace": name},
-              "stringData": CREDENTIALS}
-    kubectl.apply(json.dumps(secret))
-    yield name
-    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+    with store_namespace(kubectl, "rollout") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +64,7 @@ def service(kubectl, kubeconfig, ns, model, tmp_path_factory):
     """The operator running, v1 in Production, and an InferenceService serving it; yields its ClusterIP."""
     url, files = model
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {"KILN_S3_ENDPOINT": url, "KILN_STORE_SECRET": "kiln-store", "KILN_ARTIFACT_ROOT": f"s3://{BUCKET}/runs"}
-    with OperatorProcess(kubeconfig, log, "--namespace", ns, env=env):
+    with OperatorProcess(kubeconfig, log, "--namespace", ns, env=operator_env(url, f"s3://{BUCKET}/runs")):
         kubectl.apply(json.dumps(model_version(files, 1, "Production")), "-n", ns)
         kubectl.apply(json.dumps(model_version(files, 2, "Staging")), "-n", ns)
         isvc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "m"},
@@ -91,18 +84,8 @@ def service(kubectl, kubeconfig, ns, model, tmp_path_factory):
             raise
 
 
-def isvc_status(kubectl, ns) -> dict:
-    return kubectl.json("get", "inferenceservice", "m", "-n", ns).get("status") or {}
-
-
 def wait_status(kubectl, ns, predicate, what: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = isvc_status(kubectl, ns)
-        if predicate(status):
-            return status
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; status: {json.dumps(status, indent=1)}")
+    return wait_isvc_status(kubectl, ns, "m", predicate, what, timeout)
 
 
 def infer(base: str, row) -> int:
@@ -320,7 +303,7 @@ def test_a_runs_version_that_is_rolled_back_leaves_production_to_the_version_sti
             time.sleep(1.0)
         else:
             raise AssertionError(f"m-v4 still in {v4_stage}, m-v2 in {v2_stage}; "
-                                 f"status: {json.dumps(isvc_status(kubectl, ns), indent=1)}")
+                                 f"status: {json.dumps(isvc_status(kubectl, ns, 'm'), indent=1)}")
     print(load.report("a run's bad m-v4 rolled back, m-v2 handed Production back"))
     assert not load.failures and set(load.answers) == {2}, (load.answers, load.failures[:5])
     # Both moves in the histories, with why: v2 archived for v4, handed back when v4 was rolled back.
