@@ -221,14 +221,7 @@ def test_metrics_count_grpc_calls_under_their_own_protocol(servers, models):
 
 
 def test_grpc_rows_are_handed_to_the_monitoring_sidecar(servers, models, handoff_socket):
-    _, sock = handoff_socket
-    sock.setblocking(False)
-    while True:
-        try:
-            sock.recv(1 << 20)
-        except BlockingIOError:
-            break
-    sock.settimeout(30)
+    sock = http_tests.drained(handoff_socket[1])
     files = models["lr"]
     c = client(servers["lr"])
     c.infer("m", [infer_input(files.X[:8])], request_id="grpc-drift-1")

@@ -211,15 +211,20 @@ def test_workers_share_the_port_and_their_metrics(servers):
     assert seen >= 60
 
 
-def test_rows_are_handed_to_the_monitoring_sidecar(servers, models, handoff_socket):
-    _, sock = handoff_socket
+def drained(sock):
+    """The hand-off socket with what earlier tests sent dropped, blocking again (30 s)."""
     sock.setblocking(False)
-    while True:  # drop what earlier tests sent
+    while True:
         try:
             sock.recv(1 << 20)
         except BlockingIOError:
             break
     sock.settimeout(30)
+    return sock
+
+
+def test_rows_are_handed_to_the_monitoring_sidecar(servers, models, handoff_socket):
+    sock = drained(handoff_socket[1])
     files = models["lr"]
     resp = predict_v1(servers["lr"], files.X[:8].tolist())
     assert resp.status_code == 200

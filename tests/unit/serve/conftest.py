@@ -59,6 +59,10 @@ class Transport:
     def write(self, data):
         self.out += data
 
+    def writelines(self, chunks):
+        for chunk in chunks:
+            self.out += chunk
+
     def close(self):
         self.closed = True
 

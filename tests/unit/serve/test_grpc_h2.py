@@ -15,29 +15,9 @@ from kiln_runtime.serve.grpc import frames as f
 from kiln_runtime.serve.grpc import h2, huffman
 from kiln_runtime.serve.grpc.hpack import Decoder, integer, literal
 
+from conftest import Transport
+
 PATH = b"/inference.GRPCInferenceService/ModelInfer"
-
-
-class Transport:
-    def __init__(self):
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data):
-        self.out += data
-
-    def writelines(self, chunks):
-        for c in chunks:
-            self.out += c
-
-    def close(self):
-        self.closed = True
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
 
 
 class Metrics:
