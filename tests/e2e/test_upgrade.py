@@ -43,6 +43,9 @@ EXAMPLES = [ROOT / "examples" / name for name in
             ("01-dataset.yaml", "02-trainingpipeline.yaml", "03-modelversion.yaml", "04-inferenceservice.yaml")]
 # The previous release: the last commit of chart 0.1.0 before its CRDs gained the data loop's fields
 # (Dataset spec.window, InferenceService spec.feedback, ...). KILN_UPGRADE_FROM names another revision.
+# Grants the working tree's operator needs beyond the previous chart's (charts/kiln/templates/rbac.yaml).
+NEW_IMAGE_NEEDS = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch", "create", "patch"]},
+                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
 PREVIOUS = os.environ.get("KILN_UPGRADE_FROM", "0a13b6799d5d5ff71c36880bee94c539f2a0c621")
 KINDS = ["datasets", "trainingpipelines", "modelversions", "inferenceservices"]
 # The images the local build imports: the new chart's default names, tagged with its appVersion.
@@ -254,6 +257,11 @@ def test_upgrade_from_the_previous_chart_then_uninstall_in_order(kubectl, kubeco
                                       # chart reads the same (runtime.image, a whole reference, wins).
                                       "image": {"repository": OPERATOR_IMAGE[0], "tag": OPERATOR_IMAGE[1]},
                                       "runtime": {"image": RUNTIME_IMAGE},
+                                      # The new image under the old chart's RBAC: what it needs beyond
+                                      # 0.1.0's grants (a model set's table ConfigMap, its pods' table
+                                      # annotation) comes through 0.1.0's own extraRules; without the list
+                                      # of one watched kind, kopf starts no handler at all.
+                                      "rbac": {"extraRules": NEW_IMAGE_NEEDS},
                                       # No store: runs fail fast; a status is all this test needs.
                                       "artifactStore": {"root": "s3://kiln-upgrade/artifacts",
                                                         "s3": {"endpoint": "http://127.0.0.1:9"}}}))
