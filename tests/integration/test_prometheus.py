@@ -50,10 +50,11 @@ class _Exposition(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def expositions():
-    """Three loopback servers, as kiln-serve's `http`, kiln-monitor's `monitor` and the operator's `metrics`
-    ports."""
+    """Four loopback servers, as kiln-serve's `http`, kiln-monitor's `monitor`, the operator's `metrics`
+    ports, and the `http` port of a kiln-serve serving a model set."""
     servers = []
-    for render in (kiln_expositions.server, kiln_expositions.monitor, kiln_expositions.operator):
+    for render in (kiln_expositions.server, kiln_expositions.monitor, kiln_expositions.operator,
+                   kiln_expositions.multi_server):
         s = ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
         s.render = render
         threading.Thread(target=s.serve_forever, daemon=True).start()
@@ -131,7 +132,7 @@ def test_its_identity_may_only_read_pods(kubectl, prometheus):
 
 
 def test_discovers_relabels_and_scrapes_an_annotated_pod(kubectl, namespace, prometheus, expositions):
-    http, monitor, _ = expositions
+    http, monitor, _, _ = expositions
     create_with_loopback_ip(kubectl, namespace, fake_serving_pod("serving", http, monitor))
     create_with_loopback_ip(kubectl, namespace, fake_serving_pod("unannotated", http, monitor, annotated=False))
 
@@ -169,8 +170,9 @@ def test_discovers_relabels_and_scrapes_an_annotated_pod(kubectl, namespace, pro
 def test_every_dashboard_panel_and_alert_evaluates_on_the_scraped_pod(kubectl, namespace, prometheus, expositions):
     """Every panel's PromQL is valid and returns data for this pod's series; the drift alert, whose
     condition the synthetic report meets, goes pending: rules are evaluated on what is scraped."""
-    http, monitor, operator = expositions
+    http, monitor, operator, multi = expositions
     create_with_loopback_ip(kubectl, namespace, fake_serving_pod("serving", http, monitor))
+    create_with_loopback_ip(kubectl, namespace, fake_serving_pod("model-set", multi, monitor))  # the model-set panels
     create_with_loopback_ip(kubectl, namespace, fake_operator_pod("operator", operator))
     # The operator board's namespace is the operator's own: only this namespace's fake operator fills it.
     queries = prometheus_local.dashboard_queries({"namespace": namespace})
