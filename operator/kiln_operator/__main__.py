@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from . import logs
@@ -41,8 +42,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import kopf  # imported after the kubeconfig is chosen: kopf's login reads it
 
-    from . import finalizers, handlers, metrics, settings  # noqa: F401  (registers the handlers)
+    from . import finalizers, handlers, metrics, preflight, settings  # noqa: F401  (registers the handlers)
 
+    gaps = handlers.missing_grants(args.namespace)
+    if gaps:
+        logging.getLogger(__name__).error(f"not starting: {preflight.refusal(gaps)}")
+        sys.exit(1)
     finalizers.release_all(args.namespace)  # what the timers of earlier versions left on objects
     if args.namespace:
         handlers.follow_namespaces(args.namespace)

@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from . import controller, dependents, k8s
+from . import controller, dependents, k8s, preflight
 from .api import GROUP, VERSION
 from .api.kinds import KINDS
 from .builders.meta import PART_OF
@@ -60,6 +60,11 @@ def _watch(group: str, version: str, plural: str, labels: dict[str, str] | None)
 
 for _resource in WATCHED:
     _watch(*_resource)
+
+
+def missing_grants(namespaces: list[str] | None) -> list[str]:
+    """What the operator may not list or watch among the kinds it caches (preflight.py says why it matters)."""
+    return preflight.missing(WATCHED, namespaces, k8s.can)
 
 
 @kopf.on.startup()

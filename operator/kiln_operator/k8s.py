@@ -105,6 +105,17 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
                                        field_manager=FIELD_MANAGER, force_conflicts=True, serialize=False))
 
 
+def can(verb: str, group: str, resource: str, namespace: str | None) -> bool:
+    """Whether this process's identity may `verb` the resource: a SelfSubjectAccessReview, which every
+    authenticated identity may ask (no grant needed)."""
+    _count("create", "SelfSubjectAccessReview")
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                              "namespace": namespace or ""}}}
+    answer = client.AuthorizationV1Api(dynamic().client).create_self_subject_access_review(body=review)
+    return bool(answer.status.allowed)
+
+
 def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     _count("get", kind)
     try:

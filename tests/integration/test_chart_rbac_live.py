@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from operator_process import OperatorProcess, token_kubeconfig
 
@@ -30,18 +31,26 @@ def _ready(kubectl, namespace, kind, name):
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
 
 
-def test_the_chart_service_account_reconciles_without_forbidden(kubectl, kubeconfig, crds, namespace, helm, tmp_path):
-    release = f"rbac{os.getpid()}"  # cluster-scoped names (ClusterRoles, bindings) unique to this run
+def chart_rbac(helm, namespace: str, release: str) -> str:
+    """The chart's ServiceAccount, Roles and bindings for an operator serving `namespace`."""
     show = [arg for t in RBAC_TEMPLATES for arg in ("--show-only", f"templates/{t}")]
-    manifest = subprocess.run(
+    return subprocess.run(
         [str(helm), "template", release, str(CHART), "--namespace", namespace, *show,
          "--set", f"watchNamespaces={{{namespace}}}", "--set", f"peering.name={release}"],
         capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def service_account_kubeconfig(kubectl, kubeconfig, namespace: str, release: str, out: Path) -> Path:
+    token = kubectl.run("create", "token", f"{release}-kiln-operator", "-n", namespace, "--duration=30m").stdout.strip()
+    return token_kubeconfig(kubeconfig, token, out)
+
+
+def test_the_chart_service_account_reconciles_without_forbidden(kubectl, kubeconfig, crds, namespace, helm, tmp_path):
+    release = f"rbac{os.getpid()}"  # cluster-scoped names (ClusterRoles, bindings) unique to this run
+    manifest = chart_rbac(helm, namespace, release)
     kubectl.apply(manifest)
     try:
-        sa = f"{release}-kiln-operator"
-        token = kubectl.run("create", "token", sa, "-n", namespace, "--duration=30m").stdout.strip()
-        config = token_kubeconfig(kubeconfig, token, tmp_path / "sa.kubeconfig")
+        config = service_account_kubeconfig(kubectl, kubeconfig, namespace, release, tmp_path / "sa.kubeconfig")
         log = tmp_path / "operator.log"
         with OperatorProcess(config, log, "--namespace", namespace, f"--peering={release}") as op:
             kubectl.run("apply", "-n", namespace, "-f", str(ROOT / "examples"))
@@ -65,5 +74,27 @@ def test_the_chart_service_account_reconciles_without_forbidden(kubectl, kubecon
         text = log.read_text()
         denied = [line for line in text.splitlines() if any(word in line for word in DENIED)]
         assert denied == [], "\n".join(denied[:20])
+    finally:
+        kubectl.run("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=manifest, check=False)
+
+
+def test_without_a_grant_it_needs_the_operator_refuses_to_start_naming_it(kubectl, kubeconfig, crds, namespace, helm,
+                                                                          tmp_path):
+    # The chart's RBAC without its ConfigMap rule: as a hand-made Role, or an image newer than its chart.
+    release = f"rbacless{os.getpid()}"
+    docs = [d for d in yaml.safe_load_all(chart_rbac(helm, namespace, release)) if d]
+    for doc in docs:
+        if doc["kind"] in ("Role", "ClusterRole"):
+            doc["rules"] = [r for r in doc.get("rules") or [] if "configmaps" not in r.get("resources", [])]
+    manifest = yaml.safe_dump_all(docs)
+    kubectl.apply(manifest)
+    try:
+        config = service_account_kubeconfig(kubectl, kubeconfig, namespace, release, tmp_path / "sa.kubeconfig")
+        log = tmp_path / "operator.log"
+        with OperatorProcess(config, log, "--namespace", namespace, f"--peering={release}") as op:
+            assert op.proc.wait(timeout=90) == 1
+        text = log.read_text()
+        assert f"may not list configmaps in namespace {namespace}; watch configmaps in namespace {namespace}" in text, \
+            text[-3000:]
     finally:
         kubectl.run("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=manifest, check=False)
