@@ -11,11 +11,9 @@ of them, with no failed request and no pod restarted. Needs the node and the run
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 
 import boto3
 import numpy as np
@@ -23,7 +21,7 @@ import pytest
 import serve_models
 import tritonclient.grpc as grpcclient
 
-from cluster_support import operator_env, store_namespace, wait_isvc_status
+from cluster_support import SteadyLoad, operator_env, store_namespace, wait_isvc_status
 from operator_process import OperatorProcess
 from s3_server import moto_server
 
@@ -165,50 +163,19 @@ def test_every_model_answers_with_its_own_predictions_within_the_memory_budget(k
     assert {entry["state"] for entry in index} == {"READY"} or any(e["reason"].startswith("evicted") for e in index)
 
 
-class SteadyLoad:
-    """Clients sending V2 requests round-robin over every model until stopped: answers by
-    (model, version), and failures."""
-
-    def __init__(self, base: str, rows: np.ndarray, clients: int = 4):
-        self.base, self.rows, self.clients = base, rows, clients
-        self.answers: Counter = Counter()
-        self.failures: list[str] = []
-        self.first_v2: float | None = None
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-
-    def _client(self, offset: int) -> None:
-        i = offset
-        while not self.stop.is_set():
-            model = MODELS[i % len(MODELS)]
-            try:
-                version, _ = infer(self.base, model, self.rows)
-                with self.lock:
-                    self.answers[model, version] += 1
-                    if version == "2" and self.first_v2 is None:
-                        self.first_v2 = time.monotonic()
-            except Exception as exc:  # any refused, reset or non-200 request is a failed request
-                with self.lock:
-                    self.failures.append(f"{model}: {type(exc).__name__}: {exc}")
-            i += self.clients
-
-    def __enter__(self) -> "SteadyLoad":
-        self.threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(self.clients)]
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
+def steady_load(base: str, rows: np.ndarray) -> SteadyLoad:
+    """Clients sending V2 requests round-robin over every model: answers counted by (model, version)."""
+    def request(i: int) -> tuple[str, str]:
+        model = MODELS[i % len(MODELS)]
+        return model, infer(base, model, rows)[0]
+    return SteadyLoad(request)
 
 
 def test_promoting_one_model_switches_it_alone_with_no_failed_request_and_no_restart(kubectl, ns, service, models):
     _, files = models
     rows = files["m0", 1].X[:4]
     before = server_pod(kubectl, ns)
-    with SteadyLoad(service, rows) as load:
+    with steady_load(service, rows) as load:
         time.sleep(2)
         kubectl.apply(json.dumps(model_version(files, PROMOTED, 2, "Staging")), "-n", ns)
         wait_for = f"{PROMOTED}-v2 verified"
@@ -226,15 +193,15 @@ def test_promoting_one_model_switches_it_alone_with_no_failed_request_and_no_res
         kubectl.run("patch", "modelversion", f"{PROMOTED}-v1", "-n", ns, "--type", "merge",
                     "-p", '{"spec":{"stage":"Archived"}}')
         deadline = time.monotonic() + 120
-        while load.first_v2 is None and time.monotonic() < deadline:
+        while (PROMOTED, "2") not in load.first_seen and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(3)
     served = sum(load.answers.values())
     print(f"promotion under load: {served} requests, {len(load.failures)} failed; {PROMOTED}-v2 answered "
-          f"{(load.first_v2 or float('nan')) - promoted_at:.1f} s after the stage change; by (model, version) "
+          f"{load.first_seen.get((PROMOTED, '2'), float('nan')) - promoted_at:.1f} s after the stage change; by (model, version) "
           f"{dict(sorted(load.answers.items()))}")
     assert load.failures == [], load.failures[:5]
-    assert load.first_v2 is not None, f"{PROMOTED} never answered with version 2"
+    assert (PROMOTED, "2") in load.first_seen, f"{PROMOTED} never answered with version 2"
     assert {v for (m, v) in load.answers if m != PROMOTED} == {"1"}, "another model changed version"
     assert all(load.answers[m, "1"] > 0 for m in MODELS if m != PROMOTED)
     version, labels = infer(service, PROMOTED, rows)

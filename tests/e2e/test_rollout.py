@@ -12,7 +12,6 @@ it does for any client. Needs the node (hack/node-up.sh) and the runtime image (
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -22,6 +21,7 @@ import pytest
 import serve_models
 from prometheus_client.parser import text_string_to_metric_families
 
+import cluster_support
 from cluster_support import isvc_status, operator_env, store_namespace, wait_isvc_status
 from operator_process import OperatorProcess
 from s3_server import moto_server
@@ -97,47 +97,11 @@ def infer(base: str, row) -> int:
         return int(json.load(answer)["model_version"])
 
 
-class SteadyLoad:
-    """Clients sending requests back to back until stopped; counts answers by version, and failures."""
+class SteadyLoad(cluster_support.SteadyLoad):
+    """Clients sending V2 requests over `rows` back to back; answers counted by the version that answered."""
 
     def __init__(self, base: str, rows, clients: int = 4):
-        self.base, self.rows, self.clients = base, rows, clients
-        self.answers: Counter = Counter()
-        self.timeline: list[int] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-
-    def _client(self, offset: int) -> None:
-        i = offset
-        while not self.stop.is_set():
-            try:
-                version = infer(self.base, self.rows[i % len(self.rows)])
-                with self.lock:
-                    self.answers[version] += 1
-                    self.timeline.append(version)
-            except Exception as exc:  # any refused, reset or non-200 request is a failed request
-                with self.lock:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-            i += self.clients
-
-    def __enter__(self) -> "SteadyLoad":
-        self.started = time.monotonic()
-        self.threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(self.clients)]
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=10)
-        self.seconds = time.monotonic() - self.started
-
-    def report(self, what: str) -> str:
-        total = sum(self.answers.values())
-        return (f"{what}: {total} requests in {self.seconds:.0f} s ({total / self.seconds:.0f}/s), "
-                f"{len(self.failures)} failed, by version {dict(sorted(self.answers.items()))}")
+        super().__init__(lambda i: infer(base, rows[i % len(rows)]), clients)
 
 
 def requests_by_pod(kubectl, ns, protocol: str | None = None) -> dict[str, tuple[str, float]]:
