@@ -110,11 +110,19 @@ args_same() {
 # start_daemon NAME BINARY ARGS...: starts BINARY detached (its own session, so that the caller's
 # process group being killed does not take the cluster down), logs to $LOGS/NAME.log, records the pid.
 start_daemon() {
-  local name=$1 bin=$2; shift 2
+  local name=$1 bin=$2 pid setsid_exe i; shift 2
   mkdir -p "$LOGS" "$PIDS"
   printf '\n==== %s start %s\n' "$name" "$(date -Is)" >>"$LOGS/$name.log"
   setsid "$bin" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$PIDS/$name.pid"
+  pid=$!
+  # setsid execs the binary in the same process; until it has (a moment, longer on a busy machine),
+  # /proc/PID/exe is setsid's own, and pid_of would take the component for dead.
+  setsid_exe=$(readlink -f "$(command -v setsid)")
+  for ((i = 0; i < 100; i++)); do
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$setsid_exe" ] || break
+    sleep 0.05
+  done
+  echo "$pid" >"$PIDS/$name.pid"
   readlink -f "$bin" >"$PIDS/$name.exe"
   printf '%s\n' "$@" | sha256sum >"$PIDS/$name.args"
 }

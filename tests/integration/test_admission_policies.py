@@ -75,6 +75,17 @@ def policy(kubectl, helm, crds, namespace, tmp_path):
         kubectl.wait_for(lambda: PREFIX in as_intruder.run(
             "create", "-n", namespace, "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False).stderr,
             timeout=30, what="the promotion policy in force")
+        # The mutating policy takes effect on its own schedule: until it stamps, the validating one refuses
+        # every stage change for carrying no stamps (seen once on a busy machine).
+        as_promoter = as_sa(kubectl, namespace, "promoter", tmp_path)
+
+        def stamped() -> bool:
+            done = as_promoter.run("create", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-",
+                                   input=json.dumps(model_version("probe", 99, "Staging")), check=False)
+            return done.returncode == 0 and "kiln.dev/stage-changed-by" in (
+                json.loads(done.stdout)["metadata"].get("annotations") or {})
+
+        kubectl.wait_for(stamped, timeout=30, what="the stamping policy in force")
         for kind in ("validatingadmissionpolicy", "mutatingadmissionpolicy"):
             status = kubectl.json("get", kind, f"{release}-promotion").get("status") or {}
             # The CEL was checked against the ModelVersion schema: any warning is a mistake in the chart.
