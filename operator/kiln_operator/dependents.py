@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import model_set
 from .cache import KILN_KINDS, Cache, Key, owner_of
 from .registry import serves
 
@@ -12,17 +13,6 @@ from .registry import serves
 def _selectors(isvc: dict[str, Any]) -> list[dict[str, Any]]:
     spec = isvc.get("spec") or {}
     return [s for s in (spec.get("model"), spec.get("canary")) if isinstance(s, dict)]
-
-
-def _in_set(models: dict[str, Any], mv: dict[str, Any]) -> bool:
-    """Whether `mv` can be one of a model set's (`spec.models`) versions."""
-    refs = models.get("versionRefs")
-    if refs:
-        return any((ref or {}).get("name") == mv["metadata"]["name"] for ref in refs)
-    names = models.get("modelNames")
-    labels = mv["metadata"].get("labels") or {}
-    return ((not names or (mv.get("spec") or {}).get("modelName") in names)
-            and all(labels.get(k) == v for k, v in (models.get("matchLabels") or {}).items()))
 
 
 def follows(isvc: dict[str, Any], mv: dict[str, Any], cache: Cache) -> bool:
@@ -33,7 +23,7 @@ def follows(isvc: dict[str, Any], mv: dict[str, Any], cache: Cache) -> bool:
         return True
     models = (isvc.get("spec") or {}).get("models")
     if isinstance(models, dict):
-        return _in_set(models, mv)
+        return model_set.matches(models, mv)
     for selector in _selectors(isvc):
         if (selector.get("versionRef") or {}).get("name") == name or selector.get("modelName") == model:
             return True

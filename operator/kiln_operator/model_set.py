@@ -20,6 +20,19 @@ from .plan import Plan
 _LISTED = 5  # models named in the Ready message; the rest are counted
 
 
+def matches(models: dict, mv: dict) -> bool:
+    """Whether ModelVersion `mv`, as stored, can be one of the set's versions, its stage aside: named in
+    `versionRefs`, or of a model in `modelNames` (all when unset) carrying every `matchLabels` label.
+    On stored dicts, because the watches (dependents.py) ask it of cached objects too."""
+    refs = models.get("versionRefs")
+    if refs:
+        return any((ref or {}).get("name") == mv["metadata"]["name"] for ref in refs)
+    names = models.get("modelNames")
+    labels = mv["metadata"].get("labels") or {}
+    return ((not names or (mv.get("spec") or {}).get("modelName") in names)
+            and all(labels.get(k) == v for k, v in (models.get("matchLabels") or {}).items()))
+
+
 def selected(models: ModelSet, mvs: list[Mv]) -> tuple[dict[str, Mv], list[str]]:
     """Each selected model's wanted version by model name, and what could not be found."""
     missing: list[str] = []
@@ -34,13 +47,10 @@ def selected(models: ModelSet, mvs: list[Mv]) -> tuple[dict[str, Mv], list[str]]
                 wanted[mv.spec.model_name] = mv
         return wanted, missing
     names = set(models.model_names or ())
-    labels = models.match_labels or {}
+    stored = models.wire()
     for mv in mvs:
         model = mv.spec.model_name
-        if mv.spec.stage != models.stage or (names and model not in names):
-            continue
-        mv_labels = mv.body["metadata"].get("labels") or {}
-        if all(mv_labels.get(k) == v for k, v in labels.items()) and _newer(mv, wanted.get(model)):
+        if mv.spec.stage == models.stage and matches(stored, mv.body) and _newer(mv, wanted.get(model)):
             wanted[model] = mv
     missing += [f"no ModelVersion of model {name!r} is in stage {models.stage}" for name in sorted(names - set(wanted))]
     return wanted, missing
